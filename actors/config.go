@@ -1,0 +1,73 @@
+// Package actors holds lmproxy's actors: the registry, which owns the set of replicas, their in-flight
+// counts and the routing decision, and one replica actor per replica, which owns its health loop and
+// latency window.
+package actors
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/anthdm/hollywood/actor"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lmproxy/lmproxy/actors/routing"
+	"github.com/lmproxy/lmproxy/messages"
+)
+
+var errProbePanic = errors.New("health probe panicked")
+
+// Config is what the registry and its replica actors need. Zero fields get the defaults of SPEC §3.
+type Config struct {
+	Strategy        routing.Strategy // default min_expected_latency
+	HealthInterval  time.Duration    // between two probes of one replica; default 10s
+	HealthTimeout   time.Duration    // one probe; default 5s
+	HealthFailures  int              // consecutive failed probes before eviction; default 2
+	DownTTL         time.Duration    // how long an evicted replica stays on the down list; default 10m
+	PassiveFailures int              // consecutive 5xx or timeouts on the request path that open the circuit; default 3
+	CircuitCooldown time.Duration    // how long an open circuit keeps traffic away; default 10s
+	Probe           ProbeFunc        // default HTTPProbe with its own client
+	// OnChange is called from the registry's goroutine with every registration after each change
+	// (add, replace, remove), for persistence. It must not block.
+	OnChange func([]messages.Registration)
+	// ReplicaMiddleware wraps every replica actor's Receive (metrics, tests).
+	ReplicaMiddleware []actor.MiddlewareFunc
+	Log               logrus.FieldLogger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Strategy == nil {
+		c.Strategy, _ = routing.New("min_expected_latency", nil)
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = 10 * time.Second
+	}
+	if c.HealthTimeout <= 0 {
+		c.HealthTimeout = 5 * time.Second
+	}
+	if c.HealthFailures <= 0 {
+		c.HealthFailures = 2
+	}
+	if c.DownTTL <= 0 {
+		c.DownTTL = 10 * time.Minute
+	}
+	if c.PassiveFailures <= 0 {
+		c.PassiveFailures = 3
+	}
+	if c.CircuitCooldown <= 0 {
+		c.CircuitCooldown = 10 * time.Second
+	}
+	if c.Probe == nil {
+		c.Probe = HTTPProbe(&http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}})
+	}
+	if c.OnChange == nil {
+		c.OnChange = func([]messages.Registration) {}
+	}
+	if c.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		c.Log = l
+	}
+	return c
+}

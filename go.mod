@@ -1,0 +1,26 @@
+module github.com/lmproxy/lmproxy
+
+go 1.26.8
+
+require (
+	github.com/anthdm/hollywood v1.0.5
+	github.com/gorilla/mux v1.8.1
+	github.com/openai/openai-go/v3 v3.98.0
+	github.com/sirupsen/logrus v1.10.2
+	github.com/stretchr/testify v1.12.1
+	github.com/tidwall/gjson v1.20.0
+	go.uber.org/goleak v1.3.0
+)
+
+require (
+	github.com/DataDog/gostackparse v0.7.0 // indirect
+	github.com/coder/websocket v1.8.15 // indirect
+	github.com/klauspost/cpuid/v2 v2.0.9 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	github.com/tidwall/pretty v1.2.1 // indirect
+	github.com/tidwall/sjson v1.2.5 // indirect
+	github.com/zeebo/xxh3 v1.0.2 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)

@@ -1,0 +1,186 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/lmproxy/lmproxy/messages"
+)
+
+// errClientGone means the client left before anything was decided: there is nobody to answer.
+var errClientGone = errors.New("client left")
+
+// readRequest checks the Content-Type, reads the body up to --max-body and reads its routing fields.
+func (s *Server) readRequest(w http.ResponseWriter, r *http.Request) ([]byte, requestFields, error) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return nil, requestFields{}, errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not "+ct)
+		}
+	}
+	if r.ContentLength > s.cfg.MaxBody {
+		return nil, requestFields{}, errTooLarge(s.cfg.MaxBody)
+	}
+	body, err := readBody(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody), r.ContentLength)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, requestFields{}, errTooLarge(s.cfg.MaxBody)
+		}
+		return nil, requestFields{}, errorf(http.StatusBadRequest, "cannot read request body: "+err.Error())
+	}
+	f, err := parseFields(body)
+	return body, f, err
+}
+
+func errTooLarge(limit int64) error {
+	return errorf(http.StatusRequestEntityTooLarge, "request body is larger than the limit of "+formatBytes(limit))
+}
+
+// readBody reads all of r, sized from the declared length so a large body is not copied while growing.
+func readBody(r io.Reader, length int64) ([]byte, error) {
+	if length <= 0 || length > 64<<20 {
+		return io.ReadAll(r)
+	}
+	var b bytes.Buffer
+	b.Grow(int(length) + bytes.MinRead)
+	_, err := b.ReadFrom(r)
+	return b.Bytes(), err
+}
+
+// acquire asks the registry for a replica and turns a refusal into the error the client gets.
+func (s *Server) acquire(r *http.Request, model string, role messages.Role, not string) (messages.Lease, error) {
+	a, err := s.reg.Acquire(r.Context(), model, role, not)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return a.Lease, errClientGone
+		}
+		return a.Lease, errorf(http.StatusServiceUnavailable, "the proxy is overloaded: "+err.Error())
+	}
+	return a.Lease, acquireError(a.Status, model, role)
+}
+
+// acquireError maps a registry refusal to 404 (model unknown) or 503 (no replica can take it now).
+func acquireError(st messages.AcquireStatus, model string, role messages.Role) error {
+	switch st {
+	case messages.UnknownModel:
+		return errorf(http.StatusNotFound, "The model `"+model+"` does not exist.")
+	case messages.NoRoutableReplica:
+		return errorf(http.StatusServiceUnavailable, "no healthy "+role.String()+" replica is available for model `"+model+"`")
+	}
+	return nil
+}
+
+// forwardResult is how one upstream exchange ended.
+type forwardResult struct {
+	outcome messages.Outcome
+	dialErr error // set when nothing reached the replica and nothing was written: the caller may retry
+	abort   bool  // the answer was cut after it began and cannot be ended cleanly: break the connection
+}
+
+// forwardLeased forwards the request to the leased replica and releases the lease exactly once,
+// whatever happens, panics included.
+func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (res forwardResult) {
+	res.outcome = messages.Panic
+	start := time.Now()
+	defer func() { s.reg.Release(l, res.outcome, time.Since(start)) }()
+	t := track(w)
+	t.replica = l.URL
+	res = s.forward(w, r, l.URL, body)
+	t.outcome = res.outcome.String()
+	return res
+}
+
+// forward sends body to target and passes the answer back: status, headers and body unchanged, an
+// event stream flushed as it arrives.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, body []byte) forwardResult {
+	t := track(w)
+	ctx, cancel := s.upstreamContext(r.Context())
+	defer cancel()
+	out, err := http.NewRequestWithContext(ctx, r.Method, target+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		writeError(w, r, errorf(http.StatusBadGateway, "bad replica URL: "+err.Error()))
+		return forwardResult{outcome: messages.UpstreamError}
+	}
+	out.Header = outboundHeaders(r, t.id)
+	resp, err := s.upstream.transport.RoundTrip(out)
+	if err != nil {
+		return s.failedExchange(w, r, ctx, err)
+	}
+	defer resp.Body.Close()
+
+	h := w.Header()
+	copyHeaders(h, resp.Header)
+	h.Set("X-Request-Id", t.id)
+	w.WriteHeader(resp.StatusCode)
+	sse := isEventStream(resp.Header.Get("Content-Type"))
+	flush := sse || resp.ContentLength == -1
+	fl := flusherOf(t.ResponseWriter)
+	if flush && fl != nil {
+		fl.FlushError() // headers leave now, not with a slow first token
+	}
+	rerr, werr := copyBody(t, fl, resp.Body, flush)
+
+	res := forwardResult{outcome: statusOutcome(resp.StatusCode)}
+	switch {
+	case werr != nil || r.Context().Err() != nil:
+		res.outcome = messages.ClientGone
+	case rerr != nil:
+		status, msg := http.StatusBadGateway, "the replica failed mid-answer: "+rerr.Error()
+		res.outcome = messages.UpstreamError
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			status, msg = http.StatusGatewayTimeout, "the replica did not finish within the upstream timeout"
+			res.outcome = messages.Timeout
+		}
+		if sse && resp.StatusCode < 300 {
+			t.Write(sseErrorEvent(status, msg))
+			if fl != nil {
+				fl.FlushError()
+			}
+		} else {
+			res.abort = true
+		}
+		s.log.WithFields(map[string]any{"request_id": t.id, "replica": target}).Warn(msg)
+	}
+	return res
+}
+
+// failedExchange handles a round trip that got no answer at all.
+func (s *Server) failedExchange(w http.ResponseWriter, r *http.Request, ctx context.Context, err error) forwardResult {
+	switch {
+	case r.Context().Err() != nil:
+		return forwardResult{outcome: messages.ClientGone}
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		writeError(w, r, errorf(http.StatusGatewayTimeout, "the replica did not answer within the upstream timeout"))
+		return forwardResult{outcome: messages.Timeout}
+	case isDialError(err):
+		return forwardResult{outcome: messages.DialError, dialErr: err}
+	}
+	writeError(w, r, errorf(http.StatusBadGateway, "the replica failed: "+err.Error()))
+	return forwardResult{outcome: messages.UpstreamError}
+}
+
+// upstreamContext bounds one upstream request by --upstream-timeout; it ends when the client leaves.
+func (s *Server) upstreamContext(parent context.Context) (context.Context, context.CancelFunc) {
+	if s.upstream.timeout > 0 {
+		return context.WithTimeout(parent, s.upstream.timeout)
+	}
+	return context.WithCancel(parent)
+}
+
+// statusOutcome is what an answer's status says about the replica.
+func statusOutcome(status int) messages.Outcome {
+	switch {
+	case status >= 500:
+		return messages.UpstreamError
+	case status >= 400:
+		return messages.Rejected
+	}
+	return messages.OK
+}

@@ -1,0 +1,283 @@
+package http_test
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/proxytest"
+)
+
+// fixedUpstream is a replica that answers every inference request with fixed bytes and records
+// what it received: byte-exactness needs an answer that does not change between two requests.
+type fixedUpstream struct {
+	*httptest.Server
+	status      int
+	contentType string
+	answer      []byte
+
+	mu     sync.Mutex
+	bodies [][]byte
+	heads  []http.Header
+}
+
+func startFixedUpstream(t *testing.T, status int, contentType string, answer []byte) *fixedUpstream {
+	f := &fixedUpstream{status: status, contentType: contentType, answer: answer}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/models":
+			io.WriteString(w, `{"object":"list","data":[{"id":"fixed"}]}`)
+		case "/health":
+			io.WriteString(w, `{"status":"healthy"}`)
+		default:
+			b, _ := io.ReadAll(r.Body)
+			f.mu.Lock()
+			f.bodies = append(f.bodies, b)
+			f.heads = append(f.heads, r.Header.Clone())
+			f.mu.Unlock()
+			w.Header().Set("Content-Type", f.contentType)
+			w.Header().Set("X-Replica-Header", "kept")
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "dropped")
+			w.WriteHeader(f.status)
+			w.Write(f.answer)
+		}
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fixedUpstream) last(t *testing.T) ([]byte, http.Header) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.NotEmpty(t, f.bodies)
+	return f.bodies[len(f.bodies)-1], f.heads[len(f.heads)-1]
+}
+
+func addURL(t *testing.T, p *proxytest.Proxy, url string) {
+	t.Helper()
+	code, body := p.Post(t, "/nodes/add", map[string]any{"url": url})
+	require.Equal(t, http.StatusOK, code, string(body))
+}
+
+// A request body with odd spacing, key order, unicode escapes and unknown fields must reach the
+// replica unchanged, and the replica's answer must reach the client unchanged.
+func TestForwardIsByteExact(t *testing.T) {
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"} {
+		t.Run(path, func(t *testing.T) {
+			answer := []byte("{\"id\":  \"x\", \"weird\" : [1,2 ,3],\n\"u\":\"\\u00e9\"}")
+			up := startFixedUpstream(t, http.StatusOK, "application/json", answer)
+			p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+			addURL(t, p, up.URL)
+			req := []byte("{ \"zeta\": 1,\n  \"model\" :\"fixed\", \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}], \"extra\": {\"a\": null} }")
+			code, h, body := postJSON(t, p.URL+path+"?q=1", req)
+			require.Equal(t, http.StatusOK, code)
+			require.Equal(t, answer, body)
+			got, _ := up.last(t)
+			require.Equal(t, req, got)
+			require.Equal(t, "kept", h.Get("X-Replica-Header"))
+			require.Empty(t, h.Get("X-Hop"), "headers named in Connection are hop-by-hop")
+			p.WaitIdle(t, 2*time.Second)
+		})
+	}
+}
+
+func TestForwardPassesErrorStatusThrough(t *testing.T) {
+	answer := []byte(`{"object":"error","message":"bad things","code":400}`)
+	up := startFixedUpstream(t, http.StatusBadRequest, "application/json", answer)
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, up.URL)
+	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "fixed", "stream": true})
+	require.Equal(t, http.StatusBadRequest, code, "a non-2xx before the first event is passed through, not a 200 stream")
+	require.Equal(t, answer, body)
+	p.WaitIdle(t, 2*time.Second)
+}
+
+func TestForwardHeaders(t *testing.T) {
+	up := startFixedUpstream(t, http.StatusOK, "application/json", []byte(`{}`))
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, up.URL)
+
+	code, h, _ := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "fixed"},
+		"X-Request-Id", "client-id-1", "X-Forwarded-For", "10.1.2.3", "X-Custom", "yes",
+		"Connection", "X-Secret-Hop", "X-Secret-Hop", "no", "Proxy-Authorization", "Basic x")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "client-id-1", h.Get("X-Request-Id"))
+	_, got := up.last(t)
+	require.Equal(t, "client-id-1", got.Get("X-Request-Id"))
+	require.Equal(t, "10.1.2.3, 127.0.0.1", got.Get("X-Forwarded-For"))
+	require.Equal(t, strings.TrimPrefix(p.URL, "http://"), got.Get("X-Forwarded-Host"))
+	require.Equal(t, "http", got.Get("X-Forwarded-Proto"))
+	require.Equal(t, "yes", got.Get("X-Custom"))
+	require.Empty(t, got.Get("X-Secret-Hop"))
+	require.Empty(t, got.Get("Proxy-Authorization"))
+
+	code, h, _ = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "fixed"})
+	require.Equal(t, http.StatusOK, code)
+	require.NotEmpty(t, h.Get("X-Request-Id"), "an ID is made when the client sends none")
+	_, got = up.last(t)
+	require.Equal(t, h.Get("X-Request-Id"), got.Get("X-Request-Id"))
+}
+
+func TestChatAndCompletionsThroughSimulatedReplicas(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{Tokens: 5})
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions"} {
+		code, _, body := postJSON(t, p.URL+path, map[string]any{"model": "sim-model", "prompt": "x", "messages": []any{}})
+		require.Equal(t, http.StatusOK, code, string(body))
+		require.Contains(t, decode(t, body), "usage")
+
+		events := streamEvents(t, p.URL+path, `{"model":"sim-model","stream":true,"prompt":"x","messages":[]}`)
+		require.Len(t, events, 6, "5 tokens and [DONE]")
+		require.Equal(t, "[DONE]", events[len(events)-1])
+	}
+	p.WaitIdle(t, 2*time.Second)
+	total := 0
+	for _, r := range reps {
+		total += len(r.Requests("/v1/chat/completions")) + len(r.Requests("/v1/completions"))
+	}
+	require.Equal(t, 4, total)
+}
+
+// streamEvents posts a stream request and returns the data of every SSE event.
+func streamEvents(t testing.TB, url, body string) []string {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "text/event-stream", strings.Split(resp.Header.Get("Content-Type"), ";")[0])
+	var events []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			events = append(events, d)
+		}
+	}
+	require.NoError(t, sc.Err())
+	return events
+}
+
+// Each event must reach the client when the replica sends it, not when the answer ends.
+func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{Tokens: 3})
+	reps[0].SetTiming(0, time.Hour, 3) // the second token would come after an hour
+	resp, err := http.Post(p.URL+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"sim-model","stream":true}`))
+	require.NoError(t, err)
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(line, "data: {"), line)
+	resp.Body.Close()
+	p.WaitIdle(t, 2*time.Second)
+}
+
+func TestInferenceErrors(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{HTTP: lmhttpConfig(1024)}, 1, proxytest.ReplicaConfig{})
+	prefill := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"prefill-only"}, Role: "Prefill"})
+	p.MustAdd(t, prefill)
+	cases := []struct {
+		name        string
+		method      string
+		path        string
+		contentType string
+		body        string
+		code        int
+	}{
+		{"not JSON", "POST", "/v1/chat/completions", "application/json", `{"model":`, 400},
+		{"array", "POST", "/v1/chat/completions", "application/json", `[{"model":"sim-model"}]`, 400},
+		{"no model", "POST", "/v1/chat/completions", "application/json", `{"messages":[]}`, 400},
+		{"model not string", "POST", "/v1/completions", "application/json", `{"model":3}`, 400},
+		{"stream not bool", "POST", "/v1/completions", "application/json", `{"model":"sim-model","stream":"yes"}`, 400},
+		{"n not integer", "POST", "/v1/completions", "application/json", `{"model":"sim-model","n":1.5}`, 400},
+		{"empty", "POST", "/v1/completions", "application/json", ``, 400},
+		{"invalid UTF-8", "POST", "/v1/completions", "application/json", "{\"model\":\"\xff\"}", 400},
+		{"unknown model", "POST", "/v1/chat/completions", "application/json", `{"model":"nope"}`, 404},
+		{"wrong method", "GET", "/v1/chat/completions", "", ``, 405},
+		{"wrong method on models", "POST", "/v1/models", "application/json", `{"model":"sim-model"}`, 405},
+		{"too large", "POST", "/v1/chat/completions", "application/json", `{"model":"sim-model","x":"` + strings.Repeat("a", 2000) + `"}`, 413},
+		{"wrong content type", "POST", "/v1/chat/completions", "text/plain", `{"model":"sim-model"}`, 415},
+		{"no replica of the role", "POST", "/v1/chat/completions", "application/json", `{"model":"prefill-only"}`, 503},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, body := do(t, c.method, p.URL+c.path, c.contentType, []byte(c.body))
+			require.Equal(t, c.code, code, string(body))
+			requireOpenAIError(t, body, c.code)
+		})
+	}
+	p.WaitIdle(t, 2*time.Second)
+	require.Empty(t, reps[0].Requests("/v1/chat/completions"), "bad input never reaches a replica")
+}
+
+// requireOpenAIError checks the error body of SPEC §4: the nested object and the flat copy.
+func requireOpenAIError(t testing.TB, body []byte, code int) {
+	t.Helper()
+	m := decode(t, body)
+	nested, ok := m["error"].(map[string]any)
+	require.True(t, ok, "nested error object: %s", body)
+	require.NotEmpty(t, nested["message"])
+	require.NotEmpty(t, nested["type"])
+	require.Contains(t, nested, "param")
+	require.EqualValues(t, code, nested["code"])
+	require.Equal(t, "error", m["object"])
+	require.Equal(t, nested["message"], m["message"])
+	require.Equal(t, nested["type"], m["type"])
+	require.EqualValues(t, code, m["code"])
+	require.NotContains(t, string(body), "1040", "no proxy-specific codes")
+}
+
+func TestUnreachableReplicaIs502AndTimeoutIs504(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{HTTP: lmhttpTimeout(300 * time.Millisecond)}, 1, proxytest.ReplicaConfig{})
+	reps[0].SetFault(proxytest.Fault{Hang: true})
+	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+	require.Equal(t, http.StatusGatewayTimeout, code)
+	requireOpenAIError(t, body, 504)
+
+	reps[0].SetFault(proxytest.Fault{CutAfter: -1})
+	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+	require.Equal(t, http.StatusBadGateway, code)
+	requireOpenAIError(t, body, 502)
+	p.WaitIdle(t, 2*time.Second)
+}
+
+func TestMidStreamFailureEndsWithOneErrorEvent(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{Tokens: 10})
+	reps[0].SetFault(proxytest.Fault{CutAfter: 3})
+	events := streamEvents(t, p.URL+"/v1/chat/completions", `{"model":"sim-model","stream":true}`)
+	require.Len(t, events, 4)
+	last := decode(t, []byte(events[3]))
+	e := last["error"].(map[string]any)
+	require.Equal(t, "server_error", e["type"])
+	require.EqualValues(t, 502, e["code"])
+	require.NotEmpty(t, e["message"])
+	p.WaitIdle(t, 2*time.Second)
+}
+
+func TestRefusedConnectionIsRetriedOnAnotherReplica(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{})
+	dead := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	p.MustAdd(t, dead)
+	require.NoError(t, dead.Close()) // registered and healthy, but now refuses connections
+	for i := 0; i < 4; i++ {
+		code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+		require.Equal(t, http.StatusOK, code, string(body))
+	}
+	require.Len(t, reps[0].Requests("/v1/chat/completions"), 4)
+	p.WaitIdle(t, 2*time.Second)
+}
+
+func TestGenericV1PathIsRouted(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{})
+	code, _, body := postJSON(t, p.URL+"/v1/embeddings", map[string]any{"model": "sim-model", "input": "x"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.Len(t, reps[0].Requests("/v1/embeddings"), 1)
+	require.True(t, bytes.Contains(body, []byte("/v1/embeddings")))
+}

@@ -1,0 +1,187 @@
+package http
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// tracked wraps the ResponseWriter of one request: it remembers the status and what the handlers
+// learned (model, replica, outcome) for the access log and metrics, without a context allocation.
+type tracked struct {
+	http.ResponseWriter
+	id      string
+	status  int
+	written int64
+	start   time.Time
+	ttft    time.Duration
+	model   string
+	replica string
+	outcome string
+	err     error
+}
+
+func (t *tracked) WriteHeader(code int) {
+	if t.status == 0 {
+		t.status = code
+	}
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *tracked) Write(b []byte) (int, error) {
+	if t.status == 0 {
+		t.status = http.StatusOK
+	}
+	n, err := t.ResponseWriter.Write(b)
+	t.written += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's Flush.
+func (t *tracked) Unwrap() http.ResponseWriter { return t.ResponseWriter }
+
+// track returns the request's tracked writer, or nil when w was not wrapped by serveHTTP.
+func track(w http.ResponseWriter) *tracked {
+	t, _ := w.(*tracked)
+	return t
+}
+
+// serveHTTP is the outer handler. It runs for every request, 404 and 405 included (gorilla/mux skips
+// Router.Use middleware for those): request ID, CORS, auth, panic recovery and the access log.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	t := &tracked{ResponseWriter: w, start: time.Now(), id: requestID(r)}
+	w.Header().Set("X-Request-Id", t.id)
+	defer s.finishRequest(t, r)
+
+	if origin := r.Header.Get("Origin"); origin != "" {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Expose-Headers", "X-Request-Id")
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id")
+			h.Set("Access-Control-Max-Age", "600")
+			t.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
+	if err := s.authorize(r); err != nil {
+		writeError(t, r, err)
+		return
+	}
+	s.router.ServeHTTP(t, r)
+}
+
+// finishRequest recovers a handler panic into a 500 (or an aborted connection once the answer has
+// started) and writes the access log line.
+func (s *Server) finishRequest(t *tracked, r *http.Request) {
+	if v := recover(); v != nil {
+		if v == http.ErrAbortHandler {
+			t.outcome = "aborted"
+		} else {
+			s.log.WithFields(logrus.Fields{"request_id": t.id, "path": r.URL.Path, "stack": string(debug.Stack())}).
+				Errorf("handler panicked: %v", v)
+			t.outcome = "panic"
+		}
+		if t.status == 0 {
+			writeError(t, r, fmt.Errorf("panic: %v", v))
+		} else {
+			defer panic(http.ErrAbortHandler) // the answer began: break the connection, not a clean end
+		}
+	}
+	s.accessLog(t, r)
+}
+
+// accessLog writes one line per request.
+func (s *Server) accessLog(t *tracked, r *http.Request) {
+	status := t.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	f := logrus.Fields{
+		"request_id":  t.id,
+		"method":      r.Method,
+		"path":        r.URL.Path,
+		"status":      status,
+		"duration_ms": float64(time.Since(t.start).Microseconds()) / 1000,
+		"bytes":       t.written,
+	}
+	if t.model != "" {
+		f["model"] = t.model
+	}
+	if t.replica != "" {
+		f["replica"] = t.replica
+	}
+	if t.ttft > 0 {
+		f["ttft_ms"] = float64(t.ttft.Microseconds()) / 1000
+	}
+	if t.outcome != "" {
+		f["outcome"] = t.outcome
+	}
+	entry := s.log.WithFields(f)
+	var e *Error
+	if t.err != nil && !errors.As(t.err, &e) {
+		entry = entry.WithError(t.err)
+	} else if e != nil {
+		entry = entry.WithField("error", e.Message)
+	}
+	entry.Info("request")
+}
+
+// requestID keeps a sane client-given X-Request-Id or makes one.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && printable(id) {
+		return id
+	}
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// authorize checks the bearer key: --api-keys guard /v1/*, --admin-keys guard /nodes/* and
+// /distserve/*. Preflight requests and the proxy's own /health and /metrics stay open.
+func (s *Server) authorize(r *http.Request) error {
+	if r.Method == http.MethodOptions {
+		return nil
+	}
+	var keys [][]byte
+	switch p := r.URL.Path; {
+	case strings.HasPrefix(p, "/v1/"):
+		keys = s.apiKeys
+	case strings.HasPrefix(p, "/nodes/"), strings.HasPrefix(p, "/distserve/"):
+		keys = s.adminKeys
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	auth := r.Header.Get("Authorization")
+	got, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return errorf(http.StatusUnauthorized, "missing API key: send Authorization: Bearer <key>")
+	}
+	match := 0
+	for _, k := range keys {
+		match |= subtle.ConstantTimeCompare([]byte(got), k)
+	}
+	if match == 0 {
+		return errorf(http.StatusUnauthorized, "invalid API key")
+	}
+	return nil
+}

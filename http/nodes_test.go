@@ -1,0 +1,181 @@
+package http_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/messages"
+	"github.com/lmproxy/lmproxy/proxytest"
+)
+
+func TestNodesAddLMDeployPayload(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+rep.URL+`", "status": {"models": ["m1"], "role": 1}}`))
+	require.Equal(t, http.StatusOK, code)
+	require.JSONEq(t, `"Added successfully"`, string(body))
+
+	code, _, body = do(t, http.MethodGet, p.URL+"/nodes/status", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	var st map[string]map[string]any
+	require.NoError(t, json.Unmarshal(body, &st))
+	require.Contains(t, st, rep.URL)
+	node := st[rep.URL]
+	require.EqualValues(t, 1, node["role"])
+	require.Equal(t, "Hybrid", node["role_name"])
+	require.Equal(t, []any{"m1"}, node["models"])
+	require.EqualValues(t, 0, node["unfinished"])
+	require.Equal(t, []any{}, node["latency"])
+	require.Nil(t, node["speed"])
+	require.Equal(t, "healthy", node["health"])
+}
+
+func TestNodesAddRoleByName(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+rep.URL+`", "status": {"models": ["m1"], "role": "Prefill", "speed": 3}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	st := p.Status(t)
+	require.Len(t, st, 1)
+	require.Equal(t, messages.Prefill, st[0].Role)
+	require.EqualValues(t, 3, st[0].Speed)
+}
+
+func TestNodesAddErrors(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	empty := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	empty.SetModels([]string{})
+	cases := []struct {
+		name string
+		body string
+		code int
+	}{
+		{"unreachable", `{"url": "` + proxytest.DeadAddr(t) + `"}`, http.StatusBadGateway},
+		{"empty model list", `{"url": "` + empty.URL + `"}`, http.StatusBadGateway},
+		{"declared model missing", `{"url": "` + rep.URL + `", "status": {"models": ["other"]}}`, http.StatusBadRequest},
+		{"not JSON", `{"url": `, http.StatusBadRequest},
+		{"no url", `{}`, http.StatusBadRequest},
+		{"bad url", `{"url": "ftp://x"}`, http.StatusBadRequest},
+		{"bad role", `{"url": "` + rep.URL + `", "status": {"role": "Boss"}}`, http.StatusBadRequest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(c.body))
+			require.Equal(t, c.code, code, string(body))
+			require.NotEmpty(t, decode(t, body)["detail"])
+		})
+	}
+	require.Empty(t, p.Status(t), "a refused registration changes nothing")
+}
+
+func TestNodesAddIsUpsert(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1", "m2"}})
+	code, _, _ := postJSON(t, p.URL+"/nodes/add", map[string]any{"url": rep.URL, "status": map[string]any{"models": []string{"m1"}}})
+	require.Equal(t, http.StatusOK, code)
+	code, _, _ = postJSON(t, p.URL+"/nodes/add", map[string]any{"url": rep.URL + "/", "status": map[string]any{"models": []string{"m2"}, "speed": 5}})
+	require.Equal(t, http.StatusOK, code)
+	st := p.Status(t)
+	require.Len(t, st, 1)
+	require.Equal(t, []string{"m2"}, st[0].Models)
+	require.EqualValues(t, 5, st[0].Speed)
+}
+
+func TestNodesAddWithoutModelsTakesProbedOnes(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	code, _, _ := postJSON(t, p.URL+"/nodes/add", map[string]any{"url": rep.URL})
+	require.Equal(t, http.StatusOK, code)
+	code, _, body := do(t, http.MethodGet, p.URL+"/v1/models", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	require.JSONEq(t, `"m1"`, mustJSON(t, decode(t, body)["data"].([]any)[0].(map[string]any)["id"]))
+}
+
+func TestNodesRemove(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{})
+	code, _, body := postJSON(t, p.URL+"/nodes/remove", map[string]any{"url": reps[0].URL})
+	require.Equal(t, http.StatusOK, code)
+	require.JSONEq(t, `"Deleted successfully"`, string(body))
+	code, _, _ = do(t, http.MethodPost, p.URL+"/nodes/remove?node_url="+reps[1].URL, "", nil)
+	require.Equal(t, http.StatusOK, code)
+	require.Empty(t, p.Status(t))
+	code, _, body = postJSON(t, p.URL+"/nodes/remove", map[string]any{"url": reps[0].URL})
+	require.Equal(t, http.StatusNotFound, code)
+	require.NotEmpty(t, decode(t, body)["detail"])
+}
+
+func TestNodesTerminate(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{})
+	reps[1].SetTerminateStatus(http.StatusInternalServerError)
+
+	code, _, _ := postJSON(t, p.URL+"/nodes/terminate", map[string]any{"url": reps[0].URL})
+	require.Equal(t, http.StatusOK, code)
+	require.True(t, reps[0].Terminated())
+
+	code, _, body := do(t, http.MethodPost, p.URL+"/nodes/terminate?node_url="+reps[1].URL, "", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	require.Contains(t, decode(t, body)["detail"], "500")
+	require.Len(t, p.Status(t), 1, "a replica that refused stays registered")
+
+	code, _, _ = postJSON(t, p.URL+"/nodes/terminate", map[string]any{"url": "http://127.0.0.1:1"})
+	require.Equal(t, http.StatusNotFound, code)
+}
+
+func TestNodesTerminateAll(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{})
+	reps[1].SetTerminateStatus(http.StatusInternalServerError)
+	code, _, body := do(t, http.MethodGet, p.URL+"/nodes/terminate_all", "", nil)
+	require.Equal(t, http.StatusBadGateway, code)
+	require.Contains(t, decode(t, body)["detail"], reps[1].URL)
+	require.Len(t, p.Status(t), 1)
+
+	reps[1].SetTerminateStatus(http.StatusOK)
+	code, _, _ = do(t, http.MethodGet, p.URL+"/nodes/terminate_all", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	require.Empty(t, p.Status(t))
+}
+
+func TestNodesWrongMethod(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	code, _, body := do(t, http.MethodGet, p.URL+"/nodes/add", "", nil)
+	require.Equal(t, http.StatusMethodNotAllowed, code)
+	require.NotEmpty(t, decode(t, body)["detail"])
+	code, _, body = do(t, http.MethodGet, p.URL+"/nope", "", nil)
+	require.Equal(t, http.StatusNotFound, code)
+	require.NotEmpty(t, decode(t, body)["detail"])
+}
+
+func TestModelsListsEachModelOnce(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 3, proxytest.ReplicaConfig{Models: []string{"a", "b"}})
+	code, _, body := do(t, http.MethodGet, p.URL+"/v1/models", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	m := decode(t, body)
+	require.Equal(t, "list", m["object"])
+	data := m["data"].([]any)
+	require.Len(t, data, 2)
+	for _, d := range data {
+		d := d.(map[string]any)
+		for _, k := range []string{"id", "object", "created", "owned_by", "root", "parent", "permission"} {
+			require.Contains(t, d, k)
+		}
+		require.Equal(t, "model", d["object"])
+	}
+}
+
+func TestHealth(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	code, _, body := do(t, http.MethodGet, p.URL+"/health", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	require.JSONEq(t, `{"status":"healthy"}`, string(body))
+}
+
+func mustJSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return string(b)
+}

@@ -1,0 +1,142 @@
+// Package http is lmproxy's HTTP surface: the OpenAI-compatible inference routes that are forwarded to
+// replicas, the /nodes/* admin API, the DistServe routes and the proxy's own health.
+package http
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lmproxy/lmproxy/actors"
+)
+
+// Config is what the HTTP server needs. Zero fields get the defaults of SPEC §3.
+type Config struct {
+	APIKeys         []string      // guard /v1/*
+	AdminKeys       []string      // guard /nodes/* and /distserve/*
+	MaxBody         int64         // larger request bodies get 413; default 64 MiB
+	UpstreamTimeout time.Duration // total time of one upstream request; 0 = none
+	MaxConns        int           // upstream connections in all; 0 = no limit
+	MaxConnsPerHost int           // upstream connections per replica; 0 = no limit
+	ProbeTimeout    time.Duration // /nodes/add's probe of /v1/models and /nodes/terminate's call; default 5s
+	DistServe       *DistServeConfig
+	TLS             *tls.Config
+	Log             logrus.FieldLogger
+}
+
+// Server is the proxy's HTTP server.
+type Server struct {
+	cfg       Config
+	reg       *actors.Registry
+	log       logrus.FieldLogger
+	apiKeys   [][]byte
+	adminKeys [][]byte
+	upstream  *upstream
+	admin     *http.Client // probes and admin calls to replicas, apart from the request path's pool
+	router    *mux.Router
+	started   time.Time
+
+	ln  net.Listener
+	srv *http.Server
+}
+
+// New builds the server over the registry reg.
+func New(cfg Config, reg *actors.Registry) *Server {
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 64 << 20
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 5 * time.Second
+	}
+	if cfg.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		cfg.Log = l
+	}
+	s := &Server{
+		cfg:     cfg,
+		reg:     reg,
+		log:     cfg.Log,
+		admin:   &http.Client{Timeout: cfg.ProbeTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+		router:  mux.NewRouter(),
+		started: time.Now(),
+	}
+	s.upstream = newUpstream(cfg.MaxConns, cfg.MaxConnsPerHost, cfg.UpstreamTimeout)
+	for _, k := range cfg.APIKeys {
+		s.apiKeys = append(s.apiKeys, []byte(k))
+	}
+	for _, k := range cfg.AdminKeys {
+		s.adminKeys = append(s.adminKeys, []byte(k))
+	}
+	s.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errorf(http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path))
+	})
+	s.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path))
+	})
+	s.registerOpenAIRoutes()
+	s.registerNodeRoutes()
+	s.registerDistServeRoutes()
+	s.router.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet)
+	return s
+}
+
+// Handler is the server's whole HTTP handler, for tests and embedding.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// Open listens on addr synchronously (so a caller knows the port is taken before it goes on) and
+// serves in a goroutine.
+func (s *Server) Open(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		// No WriteTimeout: it would cut every long stream.
+		ErrorLog: newStdLogger(s.log),
+	}
+	if s.cfg.TLS != nil {
+		s.srv.TLSConfig = s.cfg.TLS
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.WithError(err).Error("server stopped")
+		}
+	}()
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Close stops accepting, waits for running requests and streams until ctx ends, then cancels what is
+// left, and closes the upstream connections.
+func (s *Server) Close(ctx context.Context) error {
+	var err error
+	if s.srv != nil {
+		if err = s.srv.Shutdown(ctx); err != nil {
+			s.srv.Close()
+		}
+	}
+	s.upstream.close()
+	s.admin.CloseIdleConnections()
+	return err
+}
+
+// handleHealth answers GET /health: the proxy's own health, so a proxy can be a replica of another.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "healthy"})
+}

@@ -1,0 +1,62 @@
+package http
+
+import (
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// copyBufferSize holds several SSE events; streams are read as they arrive, so a read returns what
+// the replica has flushed so far.
+const copyBufferSize = 32 << 10
+
+// flusher is net/http's response writer's flush that reports a client that left.
+type flusher interface{ FlushError() error }
+
+// flusherOf finds w's flusher, or nil.
+func flusherOf(w http.ResponseWriter) flusher {
+	for {
+		if f, ok := w.(flusher); ok {
+			return f
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// copyBody copies an upstream body to the client, flushing after every read when flush is set, so
+// each SSE event leaves as soon as it arrives. It tells a read error (the replica failed) from a write
+// error (the client left), which need different endings. It records the time to the first byte.
+func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if t.ttft == 0 {
+				t.ttft = time.Since(t.start)
+			}
+			if _, werr = t.Write(buf[:n]); werr != nil {
+				return nil, werr
+			}
+			if flush && fl != nil {
+				if werr = fl.FlushError(); werr != nil {
+					return nil, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return err, nil
+		}
+	}
+}

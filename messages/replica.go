@@ -1,0 +1,49 @@
+package messages
+
+import "time"
+
+// Health is a replica's state as its health probes see it.
+type Health string
+
+// The health states. Only Healthy is routable.
+const (
+	HealthUnknown      Health = "unknown"      // registered from the state file, not probed yet
+	HealthHealthy      Health = "healthy"      // serving
+	HealthSleeping     Health = "sleeping"     // serving nothing now (LMDeploy sleep mode); kept, not routed to
+	HealthInitializing Health = "initializing" // starting up; neither routed to nor counted as a failure
+	HealthDown         Health = "down"         // evicted after --health-failures failures; still probed
+)
+
+// Circuit is the passive-health breaker of a replica, driven by what requests see.
+type Circuit string
+
+// The breaker states.
+const (
+	CircuitClosed   Circuit = "closed"    // traffic flows
+	CircuitOpen     Circuit = "open"      // failures seen on the request path; no traffic until the cool-down ends
+	CircuitHalfOpen Circuit = "half_open" // one trial request allowed
+)
+
+// HealthReport tells the registry that a replica's health or failure count changed.
+type HealthReport struct {
+	URL      string
+	Health   Health
+	Failures int
+}
+
+// LatencyReport carries a replica's new latency window (seconds, oldest first) to the registry.
+type LatencyReport struct {
+	URL    string
+	Window []float64
+}
+
+// RequestDone tells a replica actor that a request on it completed successfully in Elapsed.
+type RequestDone struct {
+	Elapsed time.Duration
+}
+
+// ReplicaExpired tells the registry that a replica has been down for longer than the down list keeps
+// replicas, so it is removed.
+type ReplicaExpired struct {
+	URL string
+}
