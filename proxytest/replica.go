@@ -250,11 +250,14 @@ func (r *Replica) close() error {
 	// Handlers that end now were stopped by us, not by their client.
 	r.closing.Store(true)
 	r.cancelBase()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Handlers were just cancelled, so what Shutdown still waits for is mostly connections a client
+	// dialed and never used (a proxy's pool dials ahead): they count as new, not idle, for 5 s.
+	// Wait briefly, then close them.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	err := r.srv.Shutdown(ctx)
-	if err != nil {
-		err = errors.Join(err, r.srv.Close())
+	var err error
+	if r.srv.Shutdown(ctx) != nil {
+		err = r.srv.Close()
 	}
 	r.wg.Wait()
 	r.transport.CloseIdleConnections()
