@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
+	// A run that parsed would serve until its context ends: this one has ended already, so a case
+	// that wrongly parses returns 0 or 1 at once instead of hanging.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"unknown flag", []string{"--bogus"}, nil, "unknown flag --bogus"},
+		{"bad port", []string{"--port", "abc"}, nil, `invalid value "abc" for --port: want a number 0-65535`},
+		{"port out of range", []string{"--port=70000"}, nil, "--port"},
+		{"bad alias value", []string{"--server-port", "x"}, nil, "--server-port"},
+		{"missing value", []string{"--port"}, nil, "missing value for --port"},
+		{"bad duration", []string{"--health-interval", "10"}, nil, "--health-interval"},
+		{"negative duration", []string{"--upstream-timeout", "-1s"}, nil, "--upstream-timeout"},
+		{"bad max-body", []string{"--max-body", "12XB"}, nil, "--max-body"},
+		{"unknown routing strategy", []string{"--routing-strategy", "round_robin"}, nil, "--routing-strategy"},
+		{"unknown serving strategy", []string{"--serving-strategy", "Disagg"}, nil, "--serving-strategy"},
+		{"unknown log level", []string{"--log-level", "TRACE"}, nil, "--log-level"},
+		{"unknown log format", []string{"--log-format", "xml"}, nil, "--log-format"},
+		{"ssl without files", []string{"--ssl"}, map[string]string{"SSL_KEYFILE": "", "SSL_CERTFILE": ""}, "--ssl"},
+		{"ssl with missing files", []string{"--ssl"}, map[string]string{"SSL_KEYFILE": "/nonexistent/key.pem", "SSL_CERTFILE": "/nonexistent/cert.pem"}, "--ssl"},
+		{"tls-key without tls-cert", []string{"--tls-key", "/nonexistent/key.pem"}, nil, "--tls-cert"},
+		{"bad bool", []string{"--ssl=maybe"}, nil, "--ssl"},
+		{"zero health failures", []string{"--health-failures", "0"}, nil, "--health-failures"},
+		{"bad node URL", []string{"--nodes", "http://ok:1,localhost:8000"}, nil, "--nodes"},
+		{"bad env value", nil, map[string]string{"LMPROXY_PORT": "abc"}, "$LMPROXY_PORT for --port"},
+		{"bad LMDeploy env value", nil, map[string]string{"LMDEPLOY_HEALTH_CHECK_TIMEOUT": "soon"}, "--health-timeout"},
+		{"stray argument", []string{"extra"}, nil, `"extra"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			require.Equal(t, 2, runServe(ctx, tc.args, &stdout, &stderr), stderr.String())
+			requireOneLine(t, stderr.String(), tc.want)
+			require.True(t, strings.HasPrefix(stderr.String(), "lmproxy serve: "), stderr.String())
+			require.Empty(t, stdout.String())
+		})
+	}
+}
+
+func TestReplicaBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, args := range [][]string{
+		{"--role", "Boss"},
+		{"--proxy-url", "localhost:8000"},
+		{"--tokens", "0"},
+		{"--speed", "-1"},
+		{"--ttft", "fast"},
+	} {
+		var stdout, stderr bytes.Buffer
+		require.Equal(t, 2, runReplica(ctx, args, &stdout, &stderr), stderr.String())
+		requireOneLine(t, stderr.String(), "lmproxy replica: invalid value")
+		require.Contains(t, stderr.String(), args[0])
+	}
+}
+
+func TestServeHelpPrintsFlagsAliasesAndEnvAndExits0(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, runServe(context.Background(), []string{"--help"}, &stdout, &stderr))
+	for _, want := range []string{"--host, --server-name", "--port, --server-port", "LMPROXY_PORT",
+		"AIOHTTP_TIMEOUT (seconds)", "LMDEPLOY_HEALTH_CHECK_INTERVAL", "min_observed_latency", "(default 64MiB)"} {
+		require.Contains(t, stdout.String(), want)
+	}
+	require.Empty(t, stderr.String())
+}
+
+// parseServe parses args as `lmproxy serve` would.
+func parseServe(t *testing.T, args ...string) *serveOptions {
+	t.Helper()
+	o, s := newServeOptions()
+	require.NoError(t, s.parse(args))
+	return o
+}
+
+func TestServeDefaults(t *testing.T) {
+	o := parseServe(t)
+	require.Equal(t, "0.0.0.0", o.host)
+	require.Equal(t, 8000, o.port)
+	require.Equal(t, "Hybrid", o.servingStrategy)
+	require.Equal(t, "min_expected_latency", o.routingStrategy)
+	require.Equal(t, "INFO", o.log.level)
+	require.Equal(t, 10*time.Second, o.healthInterval)
+	require.Equal(t, 5*time.Second, o.healthTimeout)
+	require.Equal(t, 2, o.healthFailures)
+	require.Zero(t, o.upstreamTimeout)
+	require.Equal(t, int64(64<<20), o.maxBody)
+	require.Equal(t, "RDMA", o.migrationProtocol)
+	require.Equal(t, "RoCE", o.linkType)
+	require.Equal(t, 30*time.Second, o.shutdownTimeout)
+}
+
+func TestEnvIsReadAndTheFlagWins(t *testing.T) {
+	t.Setenv("LMPROXY_PORT", "9000")
+	require.Equal(t, 9000, parseServe(t).port)
+	require.Equal(t, 9001, parseServe(t, "--port", "9001").port)
+	require.Equal(t, 9002, parseServe(t, "--server-port=9002").port, "an alias counts as the flag")
+}
+
+func TestLMDeployEnv(t *testing.T) {
+	t.Setenv("AIOHTTP_TIMEOUT", "30")
+	t.Setenv("AIOHTTP_LIMIT", "100")
+	t.Setenv("AIOHTTP_LIMIT_PER_HOST", "10")
+	t.Setenv("LMDEPLOY_HEALTH_CHECK_INTERVAL", "2.5")
+	t.Setenv("LMDEPLOY_HEALTH_CHECK_TIMEOUT", "1m")
+	o := parseServe(t)
+	require.Equal(t, 30*time.Second, o.upstreamTimeout)
+	require.Equal(t, 100, o.maxConns)
+	require.Equal(t, 10, o.maxConnsPerHost)
+	require.Equal(t, 2500*time.Millisecond, o.healthInterval)
+	require.Equal(t, time.Minute, o.healthTimeout, "a Go duration works too")
+
+	t.Setenv("LMPROXY_UPSTREAM_TIMEOUT", "45s")
+	require.Equal(t, 45*time.Second, parseServe(t).upstreamTimeout, "LMPROXY_ beats LMDeploy's variable")
+	require.Equal(t, time.Minute, parseServe(t, "--upstream-timeout", "1m").upstreamTimeout, "the flag beats both")
+}
+
+func TestAliasesAndWordFlags(t *testing.T) {
+	o := parseServe(t, "--server-name", "127.0.0.1", "--server-port", "8080", "--log-level", "warn",
+		"--serving-strategy", "distserve", "--migration-protocol=nvlink", "--link-type", "ib")
+	require.Equal(t, "127.0.0.1", o.host)
+	require.Equal(t, 8080, o.port)
+	require.Equal(t, "WARNING", o.log.level)
+	require.Equal(t, "DistServe", o.servingStrategy)
+	require.Equal(t, "NVLINK", o.migrationProtocol)
+	require.Equal(t, "IB", o.linkType)
+}
+
+func TestListFlagsSplitAndRepeat(t *testing.T) {
+	o := parseServe(t, "--api-keys", "a, b", "--api-keys=c", "--nodes", "http://h:1/,https://h:2")
+	require.Equal(t, []string{"a", "b", "c"}, o.apiKeys)
+	require.Equal(t, []string{"http://h:1/", "https://h:2"}, o.nodes)
+
+	r, s := newReplicaOptions()
+	require.Equal(t, []string{"sim-model"}, r.models)
+	require.NoError(t, s.parse([]string{"--model", "a,b", "--model", "c"}))
+	require.Equal(t, []string{"a", "b", "c"}, r.models, "the first value replaces the default")
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"1024": 1024, "1KiB": 1 << 10, "64MiB": 64 << 20, "1GiB": 1 << 30, "2TiB": 2 << 40,
+		"1KB": 1000, "2MB": 2e6, "1GB": 1e9, "64mib": 64 << 20, "64 MiB": 64 << 20, "10B": 10, " 5 ": 5,
+	} {
+		got, err := parseSize(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "0", "-1", "1.5MiB", "MiB", "12XB", "1PiB", "9999999999TiB", "0x10"} {
+		_, err := parseSize(in)
+		require.Error(t, err, in)
+	}
+	require.Equal(t, "64MiB", formatSize(64<<20))
+	require.Equal(t, "1536", formatSize(1536))
+}

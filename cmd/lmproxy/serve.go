@@ -1,0 +1,216 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/anthdm/hollywood/actor"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lmproxy/lmproxy/actors"
+	"github.com/lmproxy/lmproxy/actors/routing"
+	lmhttp "github.com/lmproxy/lmproxy/http"
+)
+
+func init() {
+	register(command{name: "serve", summary: "run the proxy", run: runServe})
+}
+
+// serveOptions are the flags of `lmproxy serve` (SPEC §3).
+type serveOptions struct {
+	host               string
+	port               int
+	servingStrategy    string
+	routingStrategy    string
+	apiKeys, adminKeys []string
+	ssl                bool
+	tlsKey, tlsCert    string
+	log                logOptions
+	nodes              []string
+	stateFile          string
+	disableCacheStatus bool
+	healthInterval     time.Duration
+	healthTimeout      time.Duration
+	healthFailures     int
+	upstreamTimeout    time.Duration
+	maxConns           int
+	maxConnsPerHost    int
+	maxBody            int64
+	migrationProtocol  string
+	linkType           string
+	dummyPrefill       bool
+	shutdownTimeout    time.Duration
+}
+
+// newServeOptions returns the defaults and the flag set that fills them in.
+func newServeOptions() (*serveOptions, *flagSet) {
+	o := &serveOptions{
+		host: "0.0.0.0", port: 8000, servingStrategy: "Hybrid", routingStrategy: routing.NameMinExpectedLatency,
+		stateFile: defaultStateFile(), healthInterval: 10 * time.Second, healthTimeout: 5 * time.Second,
+		healthFailures: 2, maxBody: 64 << 20, migrationProtocol: "RDMA", linkType: "RoCE",
+		shutdownTimeout: 30 * time.Second,
+	}
+	s := newFlagSet("lmproxy serve", "Runs the proxy: an OpenAI-compatible request distributor in front of\n"+
+		"LMDeploy api_server replicas, a drop-in replacement for `lmdeploy serve proxy`.")
+	s.add(stringValue{p: &o.host}, "host", "HOST", "listen address").alias("server-name")
+	s.add(intValue{&o.port, 0, 65535}, "port", "PORT", "listen port; 0 picks a free one").alias("server-port")
+	s.add(enumValue{p: &o.servingStrategy, choices: []string{"Hybrid", "DistServe"}}, "serving-strategy", "NAME",
+		"Hybrid (one replica serves a request) or DistServe\n(prefill on a Prefill replica, then decode on a Decode replica)")
+	s.add(enumValue{p: &o.routingStrategy, choices: routing.Names()}, "routing-strategy", "NAME",
+		strings.Join(routing.Names(), ", ")+":\nhow a replica is chosen among those that serve the model")
+	s.add(&listValue{p: &o.apiKeys}, "api-keys", "KEYS", "comma-separated keys; when set, /v1/* needs Authorization: Bearer <key>")
+	s.add(&listValue{p: &o.adminKeys}, "admin-keys", "KEYS", "comma-separated keys; when set, /nodes/* and /distserve/* need one")
+	s.add(boolValue{&o.ssl}, "ssl", "", "serve HTTPS with the key and certificate in $SSL_KEYFILE and $SSL_CERTFILE,\n"+
+		"or in --tls-key and --tls-cert")
+	s.add(stringValue{p: &o.tlsKey}, "tls-key", "FILE", "TLS private key (PEM); turns TLS on")
+	s.add(stringValue{p: &o.tlsCert}, "tls-cert", "FILE", "TLS certificate chain (PEM); turns TLS on")
+	o.log.register(s)
+	s.add(&listValue{p: &o.nodes, check: checkURL}, "nodes", "URLS", "comma-separated replica URLs registered at start as POST /nodes/add\n"+
+		"would; one that does not answer yet is retried in the background until it does,\n"+
+		"so replicas may start after the proxy")
+	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts")
+	s.add(boolValue{&o.disableCacheStatus}, "disable-cache-status", "", "do not keep the registry in --state-file")
+	s.add(durationValue{&o.healthInterval, true}, "health-interval", "DURATION", "time between two health probes of one replica").
+		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true)
+	s.add(durationValue{&o.healthTimeout, true}, "health-timeout", "DURATION", "timeout of one health probe and of the probe of /nodes/add").
+		env("LMDEPLOY_HEALTH_CHECK_TIMEOUT", true)
+	s.add(intValue{&o.healthFailures, 1, math.MaxInt}, "health-failures", "N", "consecutive failed probes before a replica is evicted from routing")
+	s.add(durationValue{p: &o.upstreamTimeout}, "upstream-timeout", "DURATION", "total time of one upstream request; 0 means none").
+		env("AIOHTTP_TIMEOUT", true)
+	s.add(intValue{&o.maxConns, 0, math.MaxInt}, "max-conns", "N", "upstream connections in all; 0 means no limit").
+		env("AIOHTTP_LIMIT", false)
+	s.add(intValue{&o.maxConnsPerHost, 0, math.MaxInt}, "max-conns-per-host", "N", "upstream connections per replica; 0 means no limit").
+		env("AIOHTTP_LIMIT_PER_HOST", false)
+	s.add(sizeValue{&o.maxBody}, "max-body", "SIZE", "larger request bodies get 413; bytes (1048576) or with a unit:\n"+
+		"KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000)")
+	s.add(enumValue{p: &o.migrationProtocol, choices: []string{"TCP", "RDMA", "NVLINK"}}, "migration-protocol", "NAME",
+		"TCP, RDMA or NVLINK: how DistServe moves the KV cache")
+	s.add(enumValue{p: &o.linkType, choices: []string{"RoCE", "IB"}}, "link-type", "NAME", "RoCE or IB: DistServe's RDMA link")
+	s.add(boolValue{&o.dummyPrefill}, "dummy-prefill", "", "DistServe without a prefill phase")
+	s.add(durationValue{p: &o.shutdownTimeout}, "shutdown-timeout", "DURATION", "on SIGINT/SIGTERM, how long running requests and streams\n"+
+		"may go on before they are cut")
+	return o, s
+}
+
+// defaultStateFile is lmproxy/registry.json under the user's state directory ($XDG_STATE_HOME,
+// else ~/.local/state, as the XDG base directory rules say; Go has no os.UserStateDir). It is empty
+// when there is no home directory either.
+func defaultStateFile() string {
+	dir := os.Getenv("XDG_STATE_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(home, ".local", "state")
+	}
+	return filepath.Join(dir, "lmproxy", "registry.json")
+}
+
+// runServe is `lmproxy serve`: it parses args, serves until ctx ends, then shuts down gracefully.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, s := newServeOptions()
+	if err := s.parse(args); err != nil {
+		return s.exit(err, stdout, stderr)
+	}
+	tlsCfg, err := o.tlsConfig()
+	if err != nil {
+		return s.exit(err, stdout, stderr)
+	}
+	log := o.log.logger(stderr)
+	defer routeSlog(log)()
+	return o.serve(ctx, log, tlsCfg)
+}
+
+// tlsConfig loads the key pair when TLS is asked for: --ssl takes the files from --tls-key and
+// --tls-cert or else from LMDeploy's $SSL_KEYFILE and $SSL_CERTFILE; --tls-key or --tls-cert alone
+// turn TLS on too. LMDeploy's variables alone do not, so an environment set up for another tool
+// never switches the proxy to HTTPS. A nil config means plain HTTP.
+func (o *serveOptions) tlsConfig() (*tls.Config, error) {
+	key, cert := o.tlsKey, o.tlsCert
+	if o.ssl {
+		key, cert = cmp.Or(key, os.Getenv("SSL_KEYFILE")), cmp.Or(cert, os.Getenv("SSL_CERTFILE"))
+	} else if key == "" && cert == "" {
+		return nil, nil
+	}
+	if key == "" || cert == "" {
+		return nil, errors.New("TLS (--ssl, --tls-key, --tls-cert) needs a key and a certificate: " +
+			"give --tls-key and --tls-cert, or --ssl with $SSL_KEYFILE and $SSL_CERTFILE")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, errors.New("TLS (--ssl, --tls-key, --tls-cert): cannot load the key pair: " + err.Error())
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// configs maps the options onto the HTTP server's and the registry's configurations.
+func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config, probes *http.Client) (lmhttp.Config, actors.Config) {
+	// The strategy's name was checked against routing.Names when the flag was set.
+	strategy, _ := routing.New(o.routingStrategy, nil)
+	hc := lmhttp.Config{
+		APIKeys: o.apiKeys, AdminKeys: o.adminKeys, MaxBody: o.maxBody, UpstreamTimeout: o.upstreamTimeout,
+		MaxConns: o.maxConns, MaxConnsPerHost: o.maxConnsPerHost,
+		ProbeTimeout: o.healthTimeout, // /nodes/add's probe is a health probe too
+		TLS:          tlsCfg, Log: log,
+	}
+	if o.servingStrategy == "DistServe" {
+		hc.DistServe = &lmhttp.DistServeConfig{MigrationProtocol: o.migrationProtocol, LinkType: o.linkType, DummyPrefill: o.dummyPrefill}
+	}
+	ac := actors.Config{
+		Strategy: strategy, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
+		HealthFailures: o.healthFailures, Probe: actors.HTTPProbe(probes), Log: log,
+	}
+	return hc, ac
+}
+
+// serve runs the proxy until ctx ends and returns the exit status.
+func (o *serveOptions) serve(ctx context.Context, log *logrus.Logger, tlsCfg *tls.Config) int {
+	engine, err := actor.NewEngine(actor.NewEngineConfig())
+	if err != nil {
+		log.WithError(err).Error("cannot start the actor engine")
+		return 1
+	}
+	// The health probes get a transport of their own so that shutdown can close its connections.
+	probes := &http.Transport{MaxIdleConnsPerHost: 2}
+	defer probes.CloseIdleConnections()
+	hc, ac := o.configs(log, tlsCfg, &http.Client{Transport: probes})
+	// Persistence (SPEC §9) wires in here, unless o.disableCacheStatus: restore o.stateFile into the
+	// registry before --nodes are added, and write it from ac.OnChange.
+	pid := actors.SpawnRegistry(engine, ac)
+	defer actors.StopRegistry(engine, pid)
+
+	srv := lmhttp.New(hc, actors.NewRegistry(engine, pid))
+	addr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
+	if err := srv.Open(addr); err != nil {
+		log.WithError(err).Error("cannot listen on " + addr)
+		return 1
+	}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	log.WithField("url", scheme+"://"+srv.Addr().String()).Info("listening")
+	waitNodes := registerNodes(ctx, srv, o.nodes, log)
+
+	<-ctx.Done()
+	log.WithField("timeout", o.shutdownTimeout).Info("shutting down: waiting for running requests")
+	waitNodes()
+	closeCtx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	if err := srv.Close(closeCtx); err != nil {
+		log.WithError(err).Warn("requests still running at --shutdown-timeout were cut")
+	}
+	return 0
+}
