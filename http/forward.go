@@ -55,13 +55,18 @@ func readBody(r io.Reader, length int64) ([]byte, error) {
 }
 
 // acquire asks the registry for a replica and turns a refusal into the error the client gets.
-func (s *Server) acquire(r *http.Request, model string, role messages.Role, not string) (messages.Lease, error) {
+func (s *Server) acquire(w http.ResponseWriter, r *http.Request, model string, role messages.Role, not string) (messages.Lease, error) {
+	start := time.Now()
 	a, err := s.reg.Acquire(r.Context(), model, role, not)
+	s.cfg.Metrics.Routing(time.Since(start))
 	if err != nil {
 		if r.Context().Err() != nil {
 			return a.Lease, errClientGone
 		}
 		return a.Lease, errorf(http.StatusServiceUnavailable, "the proxy is overloaded: "+err.Error())
+	}
+	if a.Status == messages.AcquireOK {
+		track(w).model = model
 	}
 	return a.Lease, acquireError(a.Status, model, role)
 }
@@ -93,7 +98,7 @@ func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l message
 	t := track(w)
 	t.replica = l.URL
 	res = s.forward(w, r, l.URL, body)
-	t.outcome = res.outcome.String()
+	t.setOutcome(res.outcome)
 	return res
 }
 

@@ -11,8 +11,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
+
+	"github.com/lmproxy/lmproxy/messages"
 )
+
+// statusClientGone is what logs and metrics show for a client that left before any answer (nginx's
+// convention); nobody receives it.
+const statusClientGone = 499
 
 // tracked wraps the ResponseWriter of one request: it remembers the status and what the handlers
 // learned (model, replica, outcome) for the access log and metrics, without a context allocation.
@@ -23,11 +30,17 @@ type tracked struct {
 	written int64
 	start   time.Time
 	ttft    time.Duration
-	model   string
+	route   string // the mux route template, for metrics
+	model   string // set once a replica was chosen: unknown models never become labels
 	replica string
-	outcome string
+	events  int // SSE events streamed
+	outcome messages.Outcome
+	decided bool // outcome is set
 	err     error
 }
+
+// setOutcome records how the request ended on its replica.
+func (t *tracked) setOutcome(o messages.Outcome) { t.outcome, t.decided = o, true }
 
 func (t *tracked) WriteHeader(code int) {
 	if t.status == 0 {
@@ -84,12 +97,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // started) and writes the access log line.
 func (s *Server) finishRequest(t *tracked, r *http.Request) {
 	if v := recover(); v != nil {
-		if v == http.ErrAbortHandler {
-			t.outcome = "aborted"
-		} else {
+		if v != http.ErrAbortHandler {
 			s.log.WithFields(logrus.Fields{"request_id": t.id, "path": r.URL.Path, "stack": string(debug.Stack())}).
 				Errorf("handler panicked: %v", v)
-			t.outcome = "panic"
+			t.setOutcome(messages.Panic)
 		}
 		if t.status == 0 {
 			writeError(t, r, fmt.Errorf("panic: %v", v))
@@ -100,18 +111,30 @@ func (s *Server) finishRequest(t *tracked, r *http.Request) {
 	s.accessLog(t, r)
 }
 
-// accessLog writes one line per request.
+// accessLog writes one line per request and records it in the metrics.
 func (s *Server) accessLog(t *tracked, r *http.Request) {
 	status := t.status
-	if status == 0 {
+	switch {
+	case status == 0 && t.decided && t.outcome == messages.ClientGone:
+		status = statusClientGone
+	case status == 0:
 		status = http.StatusOK
+	}
+	elapsed := time.Since(t.start)
+	outcome := t.outcome
+	if !t.decided {
+		outcome = statusOutcome(status)
+	}
+	s.cfg.Metrics.Request(t.route, t.model, t.replica, status, elapsed, t.ttft, outcome)
+	if t.replica != "" {
+		s.cfg.Metrics.SSEEvents(t.replica, t.events)
 	}
 	f := logrus.Fields{
 		"request_id":  t.id,
 		"method":      r.Method,
 		"path":        r.URL.Path,
 		"status":      status,
-		"duration_ms": float64(time.Since(t.start).Microseconds()) / 1000,
+		"duration_ms": float64(elapsed.Microseconds()) / 1000,
 		"bytes":       t.written,
 	}
 	if t.model != "" {
@@ -123,8 +146,8 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	if t.ttft > 0 {
 		f["ttft_ms"] = float64(t.ttft.Microseconds()) / 1000
 	}
-	if t.outcome != "" {
-		f["outcome"] = t.outcome
+	if t.decided {
+		f["outcome"] = t.outcome.String()
 	}
 	entry := s.log.WithFields(f)
 	var e *Error
@@ -134,6 +157,18 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 		entry = entry.WithField("error", e.Message)
 	}
 	entry.Info("request")
+}
+
+// routeLabel records the matched route's template (never the raw path: labels must stay bounded).
+func routeLabel(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if t := track(w); t != nil {
+			if route := mux.CurrentRoute(r); route != nil {
+				t.route, _ = route.GetPathTemplate()
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // requestID keeps a sane client-given X-Request-Id or makes one.

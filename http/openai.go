@@ -65,7 +65,6 @@ func (s *Server) handleInference(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	track(w).model = f.model
 	if s.cfg.DistServe != nil && (r.URL.Path == "/v1/chat/completions" || r.URL.Path == "/v1/completions") {
 		s.serveDistServe(w, r, body, f)
 		return
@@ -78,10 +77,10 @@ func (s *Server) handleInference(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveHybrid(w http.ResponseWriter, r *http.Request, body []byte, f requestFields) {
 	var not string
 	for attempt := 0; attempt < 2; attempt++ {
-		l, err := s.acquire(r, f.model, messages.Hybrid, not)
+		l, err := s.acquire(w, r, f.model, messages.Hybrid, not)
 		if err != nil {
 			if errors.Is(err, errClientGone) {
-				track(w).outcome = messages.ClientGone.String()
+				track(w).setOutcome(messages.ClientGone)
 				return
 			}
 			if not != "" { // the retry found no other replica: report the first failure

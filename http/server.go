@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lmproxy/lmproxy/actors"
+	"github.com/lmproxy/lmproxy/metrics"
 )
 
 // Config is what the HTTP server needs. Zero fields get the defaults of SPEC §3.
@@ -27,6 +28,7 @@ type Config struct {
 	MaxConnsPerHost int           // upstream connections per replica; 0 = no limit
 	ProbeTimeout    time.Duration // /nodes/add's probe of /v1/models and /nodes/terminate's call; default 5s
 	DistServe       *DistServeConfig
+	Metrics         *metrics.Metrics // nil: no /metrics
 	TLS             *tls.Config
 	Log             logrus.FieldLogger
 }
@@ -42,6 +44,7 @@ type Server struct {
 	admin     *http.Client // probes and admin calls to replicas, apart from the request path's pool
 	router    *mux.Router
 	started   time.Time
+	ds        *distServe // nil: Hybrid
 
 	ln  net.Listener
 	srv *http.Server
@@ -69,6 +72,9 @@ func New(cfg Config, reg *actors.Registry) *Server {
 		started: time.Now(),
 	}
 	s.upstream = newUpstream(cfg.MaxConns, cfg.MaxConnsPerHost, cfg.UpstreamTimeout)
+	if cfg.DistServe != nil {
+		s.ds = newDistServe(cfg.DistServe)
+	}
 	for _, k := range cfg.APIKeys {
 		s.apiKeys = append(s.apiKeys, []byte(k))
 	}
@@ -85,6 +91,10 @@ func New(cfg Config, reg *actors.Registry) *Server {
 	s.registerNodeRoutes()
 	s.registerDistServeRoutes()
 	s.router.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet)
+	if cfg.Metrics != nil {
+		s.router.Handle("/metrics", cfg.Metrics.Handler()).Methods(http.MethodGet)
+	}
+	s.router.Use(routeLabel)
 	return s
 }
 

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"sync"
@@ -37,11 +38,15 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
+	var last byte // the byte before this read, so an event end split across reads still counts
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			if t.ttft == 0 {
 				t.ttft = time.Since(t.start)
+			}
+			if flush {
+				t.events += countEvents(buf[:n], &last)
 			}
 			if _, werr = t.Write(buf[:n]); werr != nil {
 				return nil, werr
@@ -59,4 +64,26 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 			return err, nil
 		}
 	}
+}
+
+// countEvents counts SSE event ends ("\n\n") in b, given the byte that came before it.
+func countEvents(b []byte, last *byte) int {
+	n := 0
+	prev := *last
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			break
+		}
+		if i == 0 && prev == '\n' {
+			n++
+		}
+		prev = '\n'
+		b = b[i+1:]
+	}
+	if len(b) > 0 {
+		prev = b[len(b)-1]
+	}
+	*last = prev
+	return n
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/lmproxy/lmproxy/actors"
 	lmhttp "github.com/lmproxy/lmproxy/http"
 	"github.com/lmproxy/lmproxy/messages"
+	"github.com/lmproxy/lmproxy/metrics"
 )
 
 // Proxy is an lmproxy started in-process for tests: a real engine, registry and HTTP listener.
@@ -23,6 +24,11 @@ type Proxy struct {
 	Registry *actors.Registry
 	Engine   *actor.Engine
 	PID      *actor.PID
+	Metrics  *metrics.Metrics
+	Links    *actors.Links // the DistServe link manager StartProxy started, if any
+
+	stopEvents func()
+	probes     *http.Transport
 }
 
 // ProxyConfig configures StartProxy.
@@ -38,8 +44,21 @@ func StartProxy(tb testing.TB, cfg ProxyConfig) *Proxy {
 	if err != nil {
 		tb.Fatalf("engine: %v", err)
 	}
+	var reg *actors.Registry
+	m := metrics.New(func() []messages.ReplicaStatus {
+		st, _ := reg.Status(context.Background(), true)
+		return st
+	})
+	probes := &http.Transport{MaxIdleConnsPerHost: 2}
+	if cfg.Actors.Probe == nil {
+		cfg.Actors.Probe = actors.HTTPProbe(&http.Client{Transport: probes})
+	}
+	cfg.Actors.Probe = m.CountProbes(cfg.Actors.Probe)
+	stopEvents := actors.SpawnEventMonitor(e, cfg.Actors.Log, m.ActorEvent)
+	links := startLinks(tb, e, &cfg, &http.Client{Transport: probes})
 	pid := actors.SpawnRegistry(e, cfg.Actors)
-	reg := actors.NewRegistry(e, pid)
+	reg = actors.NewRegistry(e, pid)
+	cfg.HTTP.Metrics = m
 	srv := lmhttp.New(cfg.HTTP, reg)
 	if err := srv.Open("127.0.0.1:0"); err != nil {
 		tb.Fatalf("listen: %v", err)
@@ -48,7 +67,8 @@ func StartProxy(tb testing.TB, cfg ProxyConfig) *Proxy {
 	if cfg.HTTP.TLS != nil {
 		scheme = "https"
 	}
-	p := &Proxy{URL: scheme + "://" + srv.Addr().String(), Server: srv, Registry: reg, Engine: e, PID: pid}
+	p := &Proxy{URL: scheme + "://" + srv.Addr().String(), Server: srv, Registry: reg, Engine: e, PID: pid,
+		Metrics: m, Links: links, stopEvents: stopEvents, probes: probes}
 	tb.Cleanup(p.Close)
 	return p
 }
@@ -59,6 +79,36 @@ func (p *Proxy) Close() {
 	defer cancel()
 	p.Server.Close(ctx)
 	actors.StopRegistry(p.Engine, p.PID)
+	if p.Links != nil {
+		p.Links.Stop()
+	}
+	p.stopEvents()
+	p.probes.CloseIdleConnections()
+}
+
+// startLinks starts the DistServe link manager when cfg asks for DistServe without one, and wires it
+// into cfg: the registry tells it of replicas that leave, and the HTTP server uses it.
+func startLinks(tb testing.TB, e *actor.Engine, cfg *ProxyConfig, client *http.Client) *actors.Links {
+	ds := cfg.HTTP.DistServe
+	if ds == nil || ds.Links != nil {
+		return nil
+	}
+	lio, err := lmhttp.NewLinkIO(ds, client)
+	if err != nil {
+		tb.Fatalf("DistServe: %v", err)
+	}
+	links := actors.SpawnLinks(e, actors.LinksConfig{IO: lio, Log: cfg.Actors.Log})
+	onLeave := cfg.Actors.OnLeave
+	cfg.Actors.OnLeave = func(url string) {
+		if onLeave != nil {
+			onLeave(url)
+		}
+		links.ReplicaLeft(url)
+	}
+	withLinks := *ds
+	withLinks.Links = links
+	cfg.HTTP.DistServe = &withLinks
+	return links
 }
 
 // MustAdd registers replicas through POST /nodes/add, as a replica would, and fails the test unless

@@ -1,0 +1,124 @@
+package http_test
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/proxytest"
+)
+
+// scrape returns every sample of /metrics as "name{labels}" → value.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	code, _, body := do(t, http.MethodGet, url+"/metrics", "", nil)
+	require.Equal(t, http.StatusOK, code)
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(string(body)))
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		require.NoError(t, err, line)
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// sum adds the samples whose key starts with prefix and contains every part.
+func sum(samples map[string]float64, prefix string, parts ...string) float64 {
+	total := 0.0
+next:
+	for k, v := range samples {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		for _, p := range parts {
+			if !strings.Contains(k, p) {
+				continue next
+			}
+		}
+		total += v
+	}
+	return total
+}
+
+func TestMetricsAfterTraffic(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{Tokens: 4})
+	for i := 0; i < 5; i++ {
+		code, _, _ := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+		require.Equal(t, http.StatusOK, code)
+	}
+	for i := 0; i < 3; i++ {
+		require.Len(t, streamEvents(t, p.URL+"/v1/completions", `{"model":"sim-model","stream":true}`), 5)
+	}
+	code, _, _ := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "unknown-model-xyz"})
+	require.Equal(t, http.StatusNotFound, code)
+
+	// One client that leaves, one replica that fails.
+	reps[0].SetTiming(time.Hour, 0, 4)
+	reps[1].SetTiming(time.Hour, 0, 4)
+	for _, r := range reps { // forget the requests above: the cancel must follow this one's arrival
+		for len(r.NextRequest()) > 0 {
+			<-r.NextRequest()
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.URL+"/v1/chat/completions", strings.NewReader(`{"model":"sim-model"}`))
+	req.Header.Set("Content-Type", "application/json")
+	go func() {
+		select {
+		case <-reps[0].NextRequest():
+		case <-reps[1].NextRequest():
+		}
+		cancel()
+	}()
+	_, err := http.DefaultClient.Do(req)
+	require.Error(t, err)
+	p.WaitIdle(t, 2*time.Second)
+	for _, r := range reps {
+		r.SetTiming(0, 0, 4)
+		r.SetFault(proxytest.Fault{Status: 500})
+	}
+	code, _, _ = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+	require.Equal(t, http.StatusInternalServerError, code)
+
+	// The request whose client left is counted when its handler returns, just after its release.
+	require.Eventually(t, func() bool {
+		return sum(scrape(t, p.URL), "lmproxy_requests_total{", `status="499"`) == 1
+	}, 2*time.Second, time.Millisecond)
+	m := scrape(t, p.URL)
+	require.EqualValues(t, 5, sum(m, "lmproxy_requests_total{", `route="/v1/chat/completions"`, `status="200"`))
+	require.EqualValues(t, 3, sum(m, "lmproxy_requests_total{", `route="/v1/completions"`, `status="200"`))
+	require.EqualValues(t, 1, sum(m, "lmproxy_requests_total{", `status="404"`, `model=""`), "an unknown model is not a label")
+	require.NotContains(t, strings.Join(keys(m), "\n"), "unknown-model-xyz")
+	require.EqualValues(t, 10, sum(m, "lmproxy_request_duration_seconds_count{", `model="sim-model"`))
+	require.EqualValues(t, 9, sum(m, "lmproxy_time_to_first_token_seconds_count{", `model="sim-model"`), "every answer with a body, the 500 included")
+	require.EqualValues(t, 15, sum(m, "lmproxy_sse_events_total{"), "4 tokens and [DONE] per stream")
+	require.EqualValues(t, 1, sum(m, "lmproxy_client_disconnects_total{", `route="/v1/chat/completions"`))
+	require.EqualValues(t, 1, sum(m, "lmproxy_upstream_errors_total{", `kind="upstream_error"`))
+	require.EqualValues(t, 11, sum(m, "lmproxy_routing_decision_seconds_count"), "every request that asked the registry, the unknown model included")
+	require.EqualValues(t, 0, sum(m, "lmproxy_replica_in_flight{"))
+	require.EqualValues(t, 2, sum(m, "lmproxy_replica_health{", `health="healthy"`))
+	require.EqualValues(t, 2, sum(m, "lmproxy_replica_circuit{"))
+	require.EqualValues(t, 2, sum(m, "lmproxy_replica_routable{"))
+	require.Contains(t, m, `lmproxy_actor_events_total{event="dead_letter"}`)
+	require.Contains(t, m, `lmproxy_actor_events_total{event="restart"}`)
+}
+
+func keys(m map[string]float64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

@@ -1,0 +1,143 @@
+// Package metrics holds lmproxy's Prometheus metrics: what the HTTP layer and the actors observe,
+// exposed on GET /metrics. Every name starts with lmproxy_; docs/metrics.md lists them.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lmproxy/lmproxy/messages"
+)
+
+// Metrics is one proxy's set of metrics, on a registry of its own (tests run many proxies in one
+// process). A nil *Metrics records nothing.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	ttft           *prometheus.HistogramVec
+	sseEvents      *prometheus.CounterVec
+	disconnects    *prometheus.CounterVec
+	upstreamErrors *prometheus.CounterVec
+	routing        prometheus.Histogram
+	probes         *prometheus.CounterVec
+	actorEvents    *prometheus.CounterVec
+}
+
+// latencyBuckets span a cached one-token answer to a long generation.
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+// New makes the metrics. replicas is called at each scrape for the per-replica gauges, so the
+// request path pays nothing for them.
+func New(replicas func() []messages.ReplicaStatus) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_requests_total",
+			Help: "Requests answered, by route template, model, replica and HTTP status.",
+		}, []string{"route", "model", "replica", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lmproxy_request_duration_seconds",
+			Help:    "Time from the request's arrival to the end of its answer, by route template and model.",
+			Buckets: latencyBuckets,
+		}, []string{"route", "model"}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lmproxy_time_to_first_token_seconds",
+			Help:    "Time from the request's arrival to the first byte of the replica's answer body, by model.",
+			Buckets: latencyBuckets,
+		}, []string{"model"}),
+		sseEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_sse_events_total",
+			Help: "Server-sent events (streamed tokens) passed from each replica to clients.",
+		}, []string{"replica"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_client_disconnects_total",
+			Help: "Requests whose client left before the answer ended, by route template.",
+		}, []string{"route"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_upstream_errors_total",
+			Help: "Requests that failed on the replica's side, by replica and kind (dial_error, upstream_error, timeout).",
+		}, []string{"replica", "kind"}),
+		routing: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "lmproxy_routing_decision_seconds",
+			Help:    "Time to choose a replica and count the request on it (the registry round trip).",
+			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2},
+		}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_health_probes_total",
+			Help: "Health probes, by replica and result (healthy, sleeping, initializing, failure).",
+		}, []string{"replica", "result"}),
+		actorEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lmproxy_actor_events_total",
+			Help: "Actor-system events worth watching: dead_letter, restart.",
+		}, []string{"event"}),
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.ttft, m.sseEvents, m.disconnects, m.upstreamErrors,
+		m.routing, m.probes, m.actorEvents, newReplicaCollector(replicas),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.actorEvents.WithLabelValues("dead_letter")
+	m.actorEvents.WithLabelValues("restart")
+	return m
+}
+
+// Handler serves the metrics in Prometheus' text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Request records one answered request. model and replica are empty when none was chosen (an
+// unknown model never becomes a label: clients choose it, and labels must stay bounded).
+func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttft time.Duration, outcome messages.Outcome) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(route, model, replica, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(route, model).Observe(elapsed.Seconds())
+	if ttft > 0 && model != "" {
+		m.ttft.WithLabelValues(model).Observe(ttft.Seconds())
+	}
+	switch {
+	case outcome == messages.ClientGone:
+		m.disconnects.WithLabelValues(route).Inc()
+	case outcome.CountsAgainstReplica() && replica != "":
+		m.upstreamErrors.WithLabelValues(replica, outcome.String()).Inc()
+	}
+}
+
+// SSEEvents adds n events streamed from replica.
+func (m *Metrics) SSEEvents(replica string, n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.sseEvents.WithLabelValues(replica).Add(float64(n))
+}
+
+// Routing records one registry round trip.
+func (m *Metrics) Routing(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.routing.Observe(d.Seconds())
+}
+
+// Probe records one health probe's result.
+func (m *Metrics) Probe(replica string, result string) {
+	if m == nil {
+		return
+	}
+	m.probes.WithLabelValues(replica, result).Inc()
+}
+
+// ActorEvent counts one dead letter or actor restart.
+func (m *Metrics) ActorEvent(event string) {
+	if m == nil {
+		return
+	}
+	m.actorEvents.WithLabelValues(event).Inc()
+}
