@@ -31,6 +31,10 @@ type Config struct {
 	// OnChange is called from the registry's goroutine with every registration after each change
 	// (add, replace, remove), for persistence. It must not block.
 	OnChange func([]messages.Registration)
+	// OnLeave is called from the registry's goroutine with the URL of a replica that was removed,
+	// expired, evicted to the down list or re-registered (a restarted engine re-registers), so that
+	// DistServe drops its links. It must not block.
+	OnLeave func(url string)
 	// ReplicaMiddleware wraps every replica actor's Receive (metrics, tests).
 	ReplicaMiddleware []actor.MiddlewareFunc
 	Log               logrus.FieldLogger
@@ -63,6 +67,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnChange == nil {
 		c.OnChange = func([]messages.Registration) {}
+	}
+	if c.OnLeave == nil {
+		c.OnLeave = func(string) {}
 	}
 	if c.Log == nil {
 		l := logrus.New()

@@ -3,6 +3,7 @@ package actors
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"time"
@@ -23,6 +24,7 @@ type entry struct {
 	reg        messages.Registration
 	gen        uint64
 	pid        *actor.PID
+	rs         *replicaState // the replica actor's own state: read only once that actor has stopped
 	unfinished int
 	health     messages.Health
 	failures   int
@@ -32,7 +34,10 @@ type entry struct {
 	passiveFails int
 	circuitOpen  bool
 	openUntil    time.Time
-	trial        bool // a half-open trial request is in flight
+	// trialUntil: a half-open trial request is in flight. Only an outcome that judges the replica
+	// ends it early: a lease does not say whether it was the trial, and a neutral release (the client
+	// left) may be an older request's, so the trial otherwise blocks others for one cool-down.
+	trialUntil time.Time
 }
 
 // registryState is the registry's memory; it lives in the producer's closure so that even a restart
@@ -154,7 +159,7 @@ func (g *registry) choose(model string, role messages.Role, not string) (*entry,
 			if now.IsZero() {
 				now = time.Now()
 			}
-			if e.trial || now.Before(e.openUntil) {
+			if now.Before(e.trialUntil) || now.Before(e.openUntil) {
 				continue
 			}
 		}
@@ -172,7 +177,7 @@ func (g *registry) choose(model string, role messages.Role, not string) (*entry,
 func (g *registry) take(e *entry) messages.Lease {
 	e.unfinished++
 	if e.circuitOpen {
-		e.trial = true
+		e.trialUntil = time.Now().Add(g.cfg.CircuitCooldown)
 	}
 	return messages.Lease{URL: e.reg.URL, Gen: e.gen}
 }
@@ -189,10 +194,9 @@ func (g *registry) release(c *actor.Context, m messages.Release) {
 	} else {
 		e.unfinished--
 	}
-	e.trial = false
 	switch {
 	case m.Outcome == messages.OK || m.Outcome == messages.Rejected:
-		e.passiveFails = 0
+		e.passiveFails, e.trialUntil = 0, time.Time{}
 		if e.circuitOpen {
 			e.circuitOpen = false
 			g.cfg.Log.WithField("replica", m.URL).Info("circuit closed: the replica answers again")
@@ -207,7 +211,7 @@ func (g *registry) release(c *actor.Context, m messages.Release) {
 				g.cfg.Log.WithFields(logrus.Fields{"replica": m.URL, "outcome": m.Outcome.String()}).
 					Warn("circuit opened: requests to the replica are failing")
 			}
-			e.circuitOpen, e.openUntil = true, time.Now().Add(g.cfg.CircuitCooldown)
+			e.circuitOpen, e.openUntil, e.trialUntil = true, time.Now().Add(g.cfg.CircuitCooldown), time.Time{}
 		}
 	}
 }
@@ -225,15 +229,22 @@ func (g *registry) register(c *actor.Context, m messages.Register) {
 		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
 			Info("replica added")
 	} else {
-		g.stopActor(c, e.pid)
+		if g.stopActor(c, e.pid) {
+			// The stopped actor's window is final. A sample it reported while stopping is still queued
+			// here and will be dropped as stale, so take the window from the actor itself.
+			e.window = slices.Clone(e.rs.window)
+		}
 		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
 			Info("replica registration replaced")
+		g.cfg.OnLeave(m.Reg.URL)
 	}
 	e.reg = m.Reg
 	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
 	window := append([]float64(nil), e.window...)
 	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
-	e.pid = c.SpawnChild(newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health, window), "replica",
+	var producer actor.Producer
+	producer, e.rs = newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health, window)
+	e.pid = c.SpawnChild(producer, "replica",
 		append(restartOpts(), actor.WithID(strconv.FormatUint(g.st.nextGen, 10)),
 			actor.WithMiddleware(g.cfg.ReplicaMiddleware...))...)
 	g.reindex(c)
@@ -249,6 +260,7 @@ func (g *registry) remove(c *actor.Context, url, why string) bool {
 		return false
 	}
 	delete(g.st.entries, url)
+	g.cfg.OnLeave(url)
 	g.stopActor(c, e.pid)
 	g.reindex(c)
 	g.cfg.Log.WithFields(logrus.Fields{"replica": url, "unfinished": e.unfinished}).Info("replica " + why)
@@ -256,11 +268,14 @@ func (g *registry) remove(c *actor.Context, url, why string) bool {
 }
 
 // stopActor stops one replica actor and waits for it, once: poisoning a PID twice, or a parent
-// poisoning a child that is still stopping, hangs in hollywood v1.0.5.
-func (g *registry) stopActor(c *actor.Context, pid *actor.PID) {
+// poisoning a child that is still stopping, hangs in hollywood v1.0.5. It reports whether the actor
+// is known to have stopped (false: the wait timed out).
+func (g *registry) stopActor(c *actor.Context, pid *actor.PID) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
-	<-c.Engine().PoisonCtx(ctx, pid).Done()
+	done := c.Engine().PoisonCtx(ctx, pid)
+	<-done.Done()
+	return errors.Is(done.Err(), context.Canceled)
 }
 
 // reindex rebuilds the model index and tells OnChange the new set of registrations.
@@ -282,6 +297,7 @@ func (g *registry) reindex(c *actor.Context) {
 func (g *registry) healthChanged(e *entry, m messages.HealthReport) {
 	if m.Health == messages.HealthDown && e.health != messages.HealthDown {
 		e.downSince = time.Now()
+		g.cfg.OnLeave(e.reg.URL)
 	} else if m.Health != messages.HealthDown {
 		e.downSince = time.Time{}
 	}
@@ -308,7 +324,7 @@ func (g *registry) status(includeDown bool) []messages.ReplicaStatus {
 		out = append(out, messages.ReplicaStatus{
 			Registration: reg,
 			Health:       e.health,
-			Routable:     e.health == messages.HealthHealthy && circuit != messages.CircuitOpen && !(e.trial && circuit == messages.CircuitHalfOpen),
+			Routable:     e.health == messages.HealthHealthy && circuit != messages.CircuitOpen && !(now.Before(e.trialUntil) && circuit == messages.CircuitHalfOpen),
 			Unfinished:   e.unfinished,
 			Latency:      append([]float64{}, e.window...),
 			Failures:     e.failures,

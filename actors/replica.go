@@ -45,12 +45,13 @@ type replica struct {
 }
 
 // newReplica returns the producer of a replica actor starting in health with the latency window
-// window (both carried over when a registration is replaced).
-func newReplica(cfg *Config, registry *actor.PID, url string, health messages.Health, window []float64) actor.Producer {
+// window (both carried over when a registration is replaced), and the actor's state, which only the
+// actor may touch until it has stopped.
+func newReplica(cfg *Config, registry *actor.PID, url string, health messages.Health, window []float64) (actor.Producer, *replicaState) {
 	st := &replicaState{url: url, health: health, window: window}
 	return func() actor.Receiver {
 		return &replica{st: st, cfg: cfg, registry: registry}
-	}
+	}, st
 }
 
 // Receive handles the replica actor's messages.
@@ -64,7 +65,10 @@ func (r *replica) Receive(c *actor.Context) {
 			r.schedule(c, 0) // not known to serve yet: find out at once
 		}
 	case actor.Stopped:
-		r.cancel()
+		// A panic while starting delivers Stopped to an instance that never ran Started.
+		if r.cancel != nil {
+			r.cancel()
+		}
 		if r.timer != nil {
 			r.timer.Stop()
 		}
@@ -145,7 +149,7 @@ func (r *replica) apply(c *actor.Context, res probeResult) {
 		case st.failures >= r.cfg.HealthFailures:
 			r.cfg.Log.WithField("replica", st.url).WithError(res.err).
 				Warnf("replica evicted after %d failed health probes", st.failures)
-			st.health, st.downSince, st.backoff = messages.HealthDown, time.Now(), 2*r.cfg.HealthInterval
+			st.health, st.downSince, st.backoff = messages.HealthDown, time.Now(), r.cfg.HealthInterval
 		}
 	}
 	if st.health != before.health || st.failures != before.failures {

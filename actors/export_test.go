@@ -1,0 +1,4 @@
+package actors
+
+// ClassifyHealth exposes classifyHealth to the external tests.
+var ClassifyHealth = classifyHealth
