@@ -13,9 +13,10 @@ const (
 	ClientGone                   // the client left first
 	Panic                        // our handler panicked
 	Rejected                     // the replica answered 4xx: the request's fault, not the replica's
+	Unused                       // the request never went to the replica: DistServe failed before it
 )
 
-var outcomeNames = [...]string{"ok", "upstream_error", "dial_error", "timeout", "client_gone", "panic", "rejected"}
+var outcomeNames = [...]string{"ok", "upstream_error", "dial_error", "timeout", "client_gone", "panic", "rejected", "unused"}
 
 // String returns the outcome's name as logs and metrics show it.
 func (o Outcome) String() string {

@@ -73,7 +73,7 @@ func StartProxy(tb testing.TB, cfg ProxyConfig) *Proxy {
 	return p
 }
 
-// Close stops the HTTP server, then the registry and its replica actors.
+// Close stops the HTTP server, then the registry and its replica actors, then the DistServe links.
 func (p *Proxy) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
