@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
@@ -41,6 +42,12 @@ func parseFields(body []byte) (requestFields, error) {
 		return f, errorf(http.StatusBadRequest, `field "model" must not be empty`)
 	default:
 		f.model = m.Str
+		// gjson decodes the \u escape of a lone UTF-16 surrogate wrongly (it swallows the escape that
+		// follows); encoding/json, which decoded the replicas' model lists, makes it U+FFFD. Decode
+		// escaped names with it, so both sides spell a name alike. m.Raw passed json.Valid: no error.
+		if strings.Contains(m.Raw, `\u`) {
+			_ = json.Unmarshal([]byte(m.Raw), &f.model)
+		}
 	}
 	switch s := res[1]; s.Type {
 	case gjson.True:
