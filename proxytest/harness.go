@@ -6,109 +6,55 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/anthdm/hollywood/actor"
-
+	"github.com/lmproxy/lmproxy"
 	"github.com/lmproxy/lmproxy/actors"
 	lmhttp "github.com/lmproxy/lmproxy/http"
 	"github.com/lmproxy/lmproxy/messages"
-	"github.com/lmproxy/lmproxy/metrics"
 )
 
-// Proxy is an lmproxy started in-process for tests: a real engine, registry and HTTP listener.
+// Proxy is an lmproxy started in-process for tests, exactly as `lmproxy serve` starts one, on a
+// free loopback port.
 type Proxy struct {
-	URL      string
-	Server   *lmhttp.Server
-	Registry *actors.Registry
-	Engine   *actor.Engine
-	PID      *actor.PID
-	Metrics  *metrics.Metrics
-	Links    *actors.Links // the DistServe link manager StartProxy started, if any
+	*lmproxy.Proxy
+	URL string
 
-	stopEvents func()
-	probes     *http.Transport
+	closeOnce sync.Once
 }
 
 // ProxyConfig configures StartProxy.
 type ProxyConfig struct {
-	HTTP   lmhttp.Config
-	Actors actors.Config
+	HTTP      lmhttp.Config
+	Actors    actors.Config
+	StateFile string // "" = no persistence
 }
 
-// StartProxy starts a proxy on a free loopback port and stops it when the test ends.
+// StartProxy starts a proxy and stops it when the test ends.
 func StartProxy(tb testing.TB, cfg ProxyConfig) *Proxy {
 	tb.Helper()
-	e, err := actor.NewEngine(actor.NewEngineConfig())
+	lp, err := lmproxy.Start(lmproxy.Config{Addr: "127.0.0.1:0", StateFile: cfg.StateFile, HTTP: cfg.HTTP, Actors: cfg.Actors})
 	if err != nil {
-		tb.Fatalf("engine: %v", err)
-	}
-	var reg *actors.Registry
-	m := metrics.New(func() []messages.ReplicaStatus {
-		st, _ := reg.Status(context.Background(), true)
-		return st
-	})
-	probes := &http.Transport{MaxIdleConnsPerHost: 2}
-	if cfg.Actors.Probe == nil {
-		cfg.Actors.Probe = actors.HTTPProbe(&http.Client{Transport: probes})
-	}
-	cfg.Actors.Probe = m.CountProbes(cfg.Actors.Probe)
-	stopEvents := actors.SpawnEventMonitor(e, cfg.Actors.Log, m.ActorEvent)
-	links := startLinks(tb, e, &cfg, &http.Client{Transport: probes})
-	pid := actors.SpawnRegistry(e, cfg.Actors)
-	reg = actors.NewRegistry(e, pid)
-	cfg.HTTP.Metrics = m
-	srv := lmhttp.New(cfg.HTTP, reg)
-	if err := srv.Open("127.0.0.1:0"); err != nil {
-		tb.Fatalf("listen: %v", err)
+		tb.Fatalf("start proxy: %v", err)
 	}
 	scheme := "http"
 	if cfg.HTTP.TLS != nil {
 		scheme = "https"
 	}
-	p := &Proxy{URL: scheme + "://" + srv.Addr().String(), Server: srv, Registry: reg, Engine: e, PID: pid,
-		Metrics: m, Links: links, stopEvents: stopEvents, probes: probes}
+	p := &Proxy{Proxy: lp, URL: scheme + "://" + lp.Server.Addr().String()}
 	tb.Cleanup(p.Close)
 	return p
 }
 
-// Close stops the HTTP server, then the registry and its replica actors, then the DistServe links.
+// Close stops the proxy, giving running requests a few seconds. It is safe to call twice.
 func (p *Proxy) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	p.Server.Close(ctx)
-	actors.StopRegistry(p.Engine, p.PID)
-	if p.Links != nil {
-		p.Links.Stop()
-	}
-	p.stopEvents()
-	p.probes.CloseIdleConnections()
-}
-
-// startLinks starts the DistServe link manager when cfg asks for DistServe without one, and wires it
-// into cfg: the registry tells it of replicas that leave, and the HTTP server uses it.
-func startLinks(tb testing.TB, e *actor.Engine, cfg *ProxyConfig, client *http.Client) *actors.Links {
-	ds := cfg.HTTP.DistServe
-	if ds == nil || ds.Links != nil {
-		return nil
-	}
-	lio, err := lmhttp.NewLinkIO(ds, client)
-	if err != nil {
-		tb.Fatalf("DistServe: %v", err)
-	}
-	links := actors.SpawnLinks(e, actors.LinksConfig{IO: lio, Log: cfg.Actors.Log})
-	onLeave := cfg.Actors.OnLeave
-	cfg.Actors.OnLeave = func(url string) {
-		if onLeave != nil {
-			onLeave(url)
-		}
-		links.ReplicaLeft(url)
-	}
-	withLinks := *ds
-	withLinks.Links = links
-	cfg.HTTP.DistServe = &withLinks
-	return links
+	p.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Proxy.Close(ctx)
+	})
 }
 
 // MustAdd registers replicas through POST /nodes/add, as a replica would, and fails the test unless

@@ -8,16 +8,14 @@ import (
 	"io"
 	"math"
 	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/anthdm/hollywood/actor"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lmproxy/lmproxy"
 	"github.com/lmproxy/lmproxy/actors"
 	"github.com/lmproxy/lmproxy/actors/routing"
 	lmhttp "github.com/lmproxy/lmproxy/http"
@@ -57,7 +55,7 @@ type serveOptions struct {
 func newServeOptions() (*serveOptions, *flagSet) {
 	o := &serveOptions{
 		host: "0.0.0.0", port: 8000, servingStrategy: "Hybrid", routingStrategy: routing.NameMinExpectedLatency,
-		stateFile: defaultStateFile(), healthInterval: 10 * time.Second, healthTimeout: 5 * time.Second,
+		stateFile: actors.DefaultStatePath(), healthInterval: 10 * time.Second, healthTimeout: 5 * time.Second,
 		healthFailures: 2, maxBody: 64 << 20, migrationProtocol: "RDMA", linkType: "RoCE",
 		shutdownTimeout: 30 * time.Second,
 	}
@@ -103,21 +101,6 @@ func newServeOptions() (*serveOptions, *flagSet) {
 	return o, s
 }
 
-// defaultStateFile is lmproxy/registry.json under the user's state directory ($XDG_STATE_HOME,
-// else ~/.local/state, as the XDG base directory rules say; Go has no os.UserStateDir). It is empty
-// when there is no home directory either.
-func defaultStateFile() string {
-	dir := os.Getenv("XDG_STATE_HOME")
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return ""
-		}
-		dir = filepath.Join(home, ".local", "state")
-	}
-	return filepath.Join(dir, "lmproxy", "registry.json")
-}
-
 // runServe is `lmproxy serve`: it parses args, serves until ctx ends, then shuts down gracefully.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, s := newServeOptions()
@@ -156,7 +139,7 @@ func (o *serveOptions) tlsConfig() (*tls.Config, error) {
 }
 
 // configs maps the options onto the HTTP server's and the registry's configurations.
-func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config, probes *http.Client) (lmhttp.Config, actors.Config) {
+func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config) (lmhttp.Config, actors.Config) {
 	// The strategy's name was checked against routing.Names when the flag was set.
 	strategy, _ := routing.New(o.routingStrategy, nil)
 	hc := lmhttp.Config{
@@ -170,30 +153,21 @@ func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config, probe
 	}
 	ac := actors.Config{
 		Strategy: strategy, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,
-		HealthFailures: o.healthFailures, Probe: actors.HTTPProbe(probes), Log: log,
+		HealthFailures: o.healthFailures, Log: log,
 	}
 	return hc, ac
 }
 
 // serve runs the proxy until ctx ends and returns the exit status.
 func (o *serveOptions) serve(ctx context.Context, log *logrus.Logger, tlsCfg *tls.Config) int {
-	engine, err := actor.NewEngine(actor.NewEngineConfig())
-	if err != nil {
-		log.WithError(err).Error("cannot start the actor engine")
-		return 1
+	hc, ac := o.configs(log, tlsCfg)
+	stateFile := o.stateFile
+	if o.disableCacheStatus {
+		stateFile = ""
 	}
-	// The health probes get a transport of their own so that shutdown can close its connections.
-	probes := &http.Transport{MaxIdleConnsPerHost: 2}
-	defer probes.CloseIdleConnections()
-	hc, ac := o.configs(log, tlsCfg, &http.Client{Transport: probes})
-	// Persistence (SPEC §9) wires in here, unless o.disableCacheStatus: restore o.stateFile into the
-	// registry before --nodes are added, and write it from ac.OnChange.
-	pid := actors.SpawnRegistry(engine, ac)
-	defer actors.StopRegistry(engine, pid)
-
-	srv := lmhttp.New(hc, actors.NewRegistry(engine, pid))
 	addr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
-	if err := srv.Open(addr); err != nil {
+	p, err := lmproxy.Start(lmproxy.Config{Addr: addr, StateFile: stateFile, HTTP: hc, Actors: ac, Log: log})
+	if err != nil {
 		log.WithError(err).Error("cannot listen on " + addr)
 		return 1
 	}
@@ -201,16 +175,17 @@ func (o *serveOptions) serve(ctx context.Context, log *logrus.Logger, tlsCfg *tl
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	log.WithField("url", scheme+"://"+srv.Addr().String()).Info("listening")
-	waitNodes := registerNodes(ctx, srv, o.nodes, log)
+	log.WithFields(logrus.Fields{"url": scheme + "://" + p.Server.Addr().String(), "state_file": stateFile}).Info("listening")
+	waitNodes := registerNodes(ctx, p.Server, o.nodes, log)
 
 	<-ctx.Done()
 	log.WithField("timeout", o.shutdownTimeout).Info("shutting down: waiting for running requests")
 	waitNodes()
 	closeCtx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
-	if err := srv.Close(closeCtx); err != nil {
+	if err := p.Close(closeCtx); err != nil {
 		log.WithError(err).Warn("requests still running at --shutdown-timeout were cut")
 	}
+	log.Info("stopped")
 	return 0
 }

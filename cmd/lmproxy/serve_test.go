@@ -107,7 +107,7 @@ func TestServeConfigsMapTheFlags(t *testing.T) {
 	o := parseServe(t, "--api-keys", "k", "--admin-keys", "a", "--max-body", "1KiB", "--upstream-timeout", "3s",
 		"--max-conns", "7", "--max-conns-per-host", "3", "--health-interval", "1s", "--health-timeout", "2s",
 		"--health-failures", "4", "--routing-strategy", "random")
-	hc, ac := o.configs(nil, nil, http.DefaultClient)
+	hc, ac := o.configs(nil, nil)
 	require.Equal(t, []string{"k"}, hc.APIKeys)
 	require.Equal(t, []string{"a"}, hc.AdminKeys)
 	require.Equal(t, int64(1024), hc.MaxBody)
@@ -122,7 +122,7 @@ func TestServeConfigsMapTheFlags(t *testing.T) {
 	require.Equal(t, 4, ac.HealthFailures)
 
 	o = parseServe(t, "--serving-strategy", "DistServe", "--migration-protocol", "TCP", "--link-type", "IB", "--dummy-prefill")
-	hc, _ = o.configs(nil, nil, http.DefaultClient)
+	hc, _ = o.configs(nil, nil)
 	require.Equal(t, &lmhttp.DistServeConfig{MigrationProtocol: "TCP", LinkType: "IB", DummyPrefill: true}, hc.DistServe)
 }
 
