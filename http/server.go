@@ -45,10 +45,24 @@ type Server struct {
 	router    *mux.Router
 	started   time.Time
 	ds        *distServe // nil: Hybrid
+	// limits bound each client connection; a field so that internal tests can prove them in
+	// milliseconds instead of waiting out the real ones.
+	limits serverLimits
 
 	ln  net.Listener
 	srv *http.Server
 }
+
+// serverLimits are the listener's own bounds on a client connection.
+type serverLimits struct {
+	readHeaderTimeout time.Duration // the request line and headers must arrive within it (slowloris)
+	idleTimeout       time.Duration // a keep-alive connection without a request is closed after it
+	maxHeaderBytes    int           // larger request headers get 431
+}
+
+// defaultLimits are the limits of every server. There is no WriteTimeout: it would cut every long
+// stream.
+var defaultLimits = serverLimits{readHeaderTimeout: 10 * time.Second, idleTimeout: 120 * time.Second, maxHeaderBytes: 1 << 20}
 
 // New builds the server over the registry reg.
 func New(cfg Config, reg *actors.Registry) *Server {
@@ -70,6 +84,7 @@ func New(cfg Config, reg *actors.Registry) *Server {
 		admin:   &http.Client{Timeout: cfg.ProbeTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
 		router:  mux.NewRouter(),
 		started: time.Now(),
+		limits:  defaultLimits,
 	}
 	s.upstream = newUpstream(cfg.MaxConns, cfg.MaxConnsPerHost, cfg.UpstreamTimeout)
 	if cfg.DistServe != nil {
@@ -91,6 +106,7 @@ func New(cfg Config, reg *actors.Registry) *Server {
 	s.registerNodeRoutes()
 	s.registerDistServeRoutes()
 	s.router.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet)
+	s.router.HandleFunc("/openapi.json", s.handleOpenAPI).Methods(http.MethodGet)
 	if cfg.Metrics != nil {
 		s.router.Handle("/metrics", cfg.Metrics.Handler()).Methods(http.MethodGet)
 	}
@@ -111,9 +127,9 @@ func (s *Server) Open(addr string) error {
 	s.ln = ln
 	s.srv = &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    1 << 20,
+		ReadHeaderTimeout: s.limits.readHeaderTimeout,
+		IdleTimeout:       s.limits.idleTimeout,
+		MaxHeaderBytes:    s.limits.maxHeaderBytes,
 		// No WriteTimeout: it would cut every long stream.
 		ErrorLog: newStdLogger(s.log),
 	}
