@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lmproxy/lmproxy/messages"
 )
@@ -73,6 +74,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, model string, r
 
 // acquireError maps a registry refusal to 404 (model unknown) or 503 (no replica can take it now).
 func acquireError(st messages.AcquireStatus, model string, role messages.Role) error {
+	model = echoModel(model)
 	switch st {
 	case messages.UnknownModel:
 		return errorf(http.StatusNotFound, "The model `"+model+"` does not exist.")
@@ -80,6 +82,22 @@ func acquireError(st messages.AcquireStatus, model string, role messages.Role) e
 		return errorf(http.StatusServiceUnavailable, "no healthy "+role.String()+" replica is available for model `"+model+"`")
 	}
 	return nil
+}
+
+// maxEchoedModel bounds how much of a model name an error message repeats: the name is the client's,
+// up to --max-body long, and the message goes into the answer (twice) and into the log line.
+const maxEchoedModel = 256
+
+// echoModel is model as error messages show it: cut to maxEchoedModel bytes on a rune boundary.
+func echoModel(model string) string {
+	if len(model) <= maxEchoedModel {
+		return model
+	}
+	cut := maxEchoedModel
+	for cut > 0 && !utf8.RuneStart(model[cut]) {
+		cut--
+	}
+	return model[:cut] + "…"
 }
 
 // forwardResult is how one upstream exchange ended.
@@ -96,6 +114,11 @@ func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l message
 	start := time.Now()
 	defer func() { s.reg.Release(l, res.outcome, time.Since(start)) }()
 	t := track(w)
+	if t.replica != "" && t.decided {
+		// A retry: this attempt replaces the failed one in the access log and the request metrics, so
+		// count that failure now, or a replica that refuses every connection never shows in them.
+		s.cfg.Metrics.UpstreamError(t.replica, t.outcome)
+	}
 	t.replica = l.URL
 	res = s.forward(w, r, l.URL, body)
 	t.setOutcome(res.outcome)

@@ -110,6 +110,15 @@ func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttf
 	}
 }
 
+// UpstreamError counts one failed attempt on replica that Request never sees: a request retried on
+// another replica is recorded by Request under the replica that answered it.
+func (m *Metrics) UpstreamError(replica string, outcome messages.Outcome) {
+	if m == nil || !outcome.CountsAgainstReplica() {
+		return
+	}
+	m.upstreamErrors.WithLabelValues(replica, outcome.String()).Inc()
+}
+
 // SSEEvents adds n events streamed from replica.
 func (m *Metrics) SSEEvents(replica string, n int) {
 	if m == nil || n == 0 {

@@ -18,6 +18,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// shutdown_test.go runs this binary again as the real lmproxy, to send it real signals.
+	if os.Getenv(runMainEnv) == "1" {
+		main() // exits
+	}
 	// serve persists its registry under the user's state directory by default: keep tests out of it.
 	dir, err := os.MkdirTemp("", "lmproxy-cmd-test")
 	if err != nil {
