@@ -3,7 +3,6 @@ package actors
 import (
 	"cmp"
 	"context"
-	"errors"
 	"slices"
 	"strconv"
 	"time"
@@ -24,11 +23,10 @@ type entry struct {
 	reg        messages.Registration
 	gen        uint64
 	pid        *actor.PID
-	rs         *replicaState // the replica actor's own state: read only once that actor has stopped
 	unfinished int
 	health     messages.Health
 	failures   int
-	window     []float64
+	window     []float64 // the last latencyWindow successful request durations, seconds, oldest first
 	downSince  time.Time
 
 	passiveFails int
@@ -92,10 +90,6 @@ func (g *registry) Receive(c *actor.Context) {
 	case messages.HealthReport:
 		if e := g.fromActor(c, m.URL); e != nil {
 			g.healthChanged(e, m)
-		}
-	case messages.LatencyReport:
-		if e := g.fromActor(c, m.URL); e != nil {
-			e.window = m.Window
 		}
 	case messages.ReplicaExpired:
 		if g.fromActor(c, m.URL) != nil {
@@ -202,7 +196,7 @@ func (g *registry) release(c *actor.Context, m messages.Release) {
 			g.cfg.Log.WithField("replica", m.URL).Info("circuit closed: the replica answers again")
 		}
 		if m.Outcome == messages.OK {
-			c.Send(e.pid, messages.RequestDone{Elapsed: m.Elapsed})
+			e.recordLatency(m.Elapsed)
 		}
 	case m.Outcome.CountsAgainstReplica():
 		e.passiveFails++
@@ -229,22 +223,15 @@ func (g *registry) register(c *actor.Context, m messages.Register) {
 		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
 			Info("replica added")
 	} else {
-		if g.stopActor(c, e.pid) {
-			// The stopped actor's window is final. A sample it reported while stopping is still queued
-			// here and will be dropped as stale, so take the window from the actor itself.
-			e.window = slices.Clone(e.rs.window)
-		}
+		g.stopActor(c, e.pid)
 		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
 			Info("replica registration replaced")
 		g.cfg.OnLeave(m.Reg.URL)
 	}
 	e.reg = m.Reg
 	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
-	window := append([]float64(nil), e.window...)
 	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
-	var producer actor.Producer
-	producer, e.rs = newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health, window)
-	e.pid = c.SpawnChild(producer, "replica",
+	e.pid = c.SpawnChild(newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health), "replica",
 		append(restartOpts(), actor.WithID(strconv.FormatUint(g.st.nextGen, 10)),
 			actor.WithMiddleware(g.cfg.ReplicaMiddleware...))...)
 	g.reindex(c)
@@ -268,14 +255,11 @@ func (g *registry) remove(c *actor.Context, url, why string) bool {
 }
 
 // stopActor stops one replica actor and waits for it, once: poisoning a PID twice, or a parent
-// poisoning a child that is still stopping, hangs in hollywood v1.0.5. It reports whether the actor
-// is known to have stopped (false: the wait timed out).
-func (g *registry) stopActor(c *actor.Context, pid *actor.PID) bool {
+// poisoning a child that is still stopping, hangs in hollywood v1.0.5.
+func (g *registry) stopActor(c *actor.Context, pid *actor.PID) {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
-	done := c.Engine().PoisonCtx(ctx, pid)
-	<-done.Done()
-	return errors.Is(done.Err(), context.Canceled)
+	<-c.Engine().PoisonCtx(ctx, pid).Done()
 }
 
 // reindex rebuilds the model index and tells OnChange the new set of registrations.
@@ -334,4 +318,15 @@ func (g *registry) status(includeDown bool) []messages.ReplicaStatus {
 	}
 	slices.SortFunc(out, func(a, b messages.ReplicaStatus) int { return cmp.Compare(a.URL, b.URL) })
 	return out
+}
+
+// recordLatency adds one successful request's duration to the window, in place: the window is
+// replaced, never shared, when status copies it out.
+func (e *entry) recordLatency(d time.Duration) {
+	w := e.window
+	if len(w) == latencyWindow {
+		copy(w, w[1:])
+		w = w[:latencyWindow-1]
+	}
+	e.window = append(w, d.Seconds())
 }

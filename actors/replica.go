@@ -22,18 +22,19 @@ type probeResult struct {
 }
 
 // replicaState is a replica actor's memory. It lives in the producer's closure, so a replica actor
-// that panics is restarted by hollywood with its health, failures and latency window intact.
+// that panics is restarted by hollywood with its health and failure count intact.
 type replicaState struct {
 	url       string
 	health    messages.Health
 	failures  int
-	window    []float64
 	downSince time.Time
 	backoff   time.Duration
 }
 
-// replica is the actor of one replica: it owns the health loop, the consecutive-failure count and the
-// latency window, and reports every change to the registry.
+// replica is the actor of one replica: it owns the health loop, the consecutive-failure count and
+// the down list's backoff, and reports every change to the registry. (The latency window lives in
+// the registry, which learns each request's duration on release: keeping it here cost two more
+// actor messages per request.)
 type replica struct {
 	st       *replicaState
 	cfg      *Config
@@ -44,14 +45,12 @@ type replica struct {
 	probing  bool
 }
 
-// newReplica returns the producer of a replica actor starting in health with the latency window
-// window (both carried over when a registration is replaced), and the actor's state, which only the
-// actor may touch until it has stopped.
-func newReplica(cfg *Config, registry *actor.PID, url string, health messages.Health, window []float64) (actor.Producer, *replicaState) {
-	st := &replicaState{url: url, health: health, window: window}
+// newReplica returns the producer of a replica actor starting in health.
+func newReplica(cfg *Config, registry *actor.PID, url string, health messages.Health) actor.Producer {
+	st := &replicaState{url: url, health: health}
 	return func() actor.Receiver {
 		return &replica{st: st, cfg: cfg, registry: registry}
-	}, st
+	}
 }
 
 // Receive handles the replica actor's messages.
@@ -78,8 +77,6 @@ func (r *replica) Receive(c *actor.Context) {
 		r.probing = false
 		r.apply(c, m)
 		r.schedule(c, r.nextInterval())
-	case messages.RequestDone:
-		r.recordLatency(c, m.Elapsed)
 	}
 }
 
@@ -163,15 +160,4 @@ func (r *replica) nextInterval() time.Duration {
 		return r.st.backoff
 	}
 	return r.cfg.HealthInterval
-}
-
-// recordLatency adds one successful request's duration to the window and sends the registry a copy.
-func (r *replica) recordLatency(c *actor.Context, d time.Duration) {
-	w := r.st.window
-	if len(w) == latencyWindow {
-		copy(w, w[1:])
-		w = w[:latencyWindow-1]
-	}
-	r.st.window = append(w, d.Seconds())
-	c.Send(r.registry, messages.LatencyReport{URL: r.st.url, Window: append([]float64(nil), r.st.window...)})
 }

@@ -71,8 +71,8 @@ func waitRestart(t *testing.T, r *testRegistry, events <-chan actor.ActorRestart
 // loop keeps running.
 func TestReplicaActorPanicKeepsRegistrationAndState(t *testing.T) {
 	p := newFakeProbe(answerHealthy)
-	const crashElapsed = 7 * time.Second
-	crashOn := func(m any) bool { d, ok := m.(messages.RequestDone); return ok && d.Elapsed == crashElapsed }
+	var armed atomic.Bool
+	crashOn := func(m any) bool { return armed.Load() && actors.IsProbeTick(m) }
 	r := startRegistry(t, actors.Config{
 		HealthInterval:    5 * time.Millisecond,
 		HealthFailures:    2,
@@ -87,9 +87,8 @@ func TestReplicaActorPanicKeepsRegistrationAndState(t *testing.T) {
 	r.Release(r.mustAcquire(testModel), messages.OK, time.Second)
 	waitFor(t, "the first sample", func() bool { return len(r.mustReplica(url, false).Latency) == 1 })
 
-	// This OK release makes the registry send RequestDone{7s}: the replica actor panics on it, and
-	// hollywood drops that message and restarts the actor.
-	r.Release(r.mustAcquire(testModel), messages.OK, crashElapsed)
+	// The replica actor panics on its next probe tick; hollywood drops that message and restarts it.
+	armed.Store(true)
 	ev := waitRestart(t, r, events)
 	require.EqualValues(t, 1, ev.Restarts)
 
@@ -99,7 +98,7 @@ func TestReplicaActorPanicKeepsRegistrationAndState(t *testing.T) {
 	require.True(t, s.Routable)
 	require.Equal(t, 0, s.Unfinished)
 
-	// The restarted actor records latency into the window it had before the crash.
+	// The window is the registry's: the restart did not touch it.
 	r.Release(r.mustAcquire(testModel), messages.OK, 3*time.Second)
 	waitFor(t, "the window to hold two samples", func() bool { return len(r.mustReplica(url, false).Latency) == 2 })
 	require.Equal(t, []float64{1, 3}, r.mustReplica(url, false).Latency)
@@ -119,12 +118,13 @@ func TestReplicaActorPanicKeepsRegistrationAndState(t *testing.T) {
 // closure, so a restart between two failed probes does not reset it.
 func TestReplicaActorPanicKeepsFailureCount(t *testing.T) {
 	p := newStepProbe()
-	isDone := func(m any) bool { _, ok := m.(messages.RequestDone); return ok }
+	var armed atomic.Bool
+	crashOn := func(m any) bool { return armed.Load() && actors.IsProbeTick(m) }
 	r := startRegistry(t, actors.Config{
 		HealthInterval:    time.Millisecond,
 		HealthFailures:    2,
 		Probe:             p.probe,
-		ReplicaMiddleware: []actor.MiddlewareFunc{panicOnce(isDone)},
+		ReplicaMiddleware: []actor.MiddlewareFunc{panicOnce(crashOn)},
 	})
 	events := watchRestarts(t, r)
 	const url = "http://a"
@@ -134,7 +134,7 @@ func TestReplicaActorPanicKeepsFailureCount(t *testing.T) {
 	c = p.step(t, c, answerFail)
 	require.Equal(t, 1, r.mustReplica(url, false).Failures)
 
-	r.Release(r.mustAcquire(testModel), messages.OK, time.Second)
+	armed.Store(true) // the next probe tick panics
 	waitRestart(t, r, events)
 	// The probe in flight belonged to the crashed instance, whose context was cancelled: the
 	// restarted instance probes afresh.

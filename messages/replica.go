@@ -1,7 +1,5 @@
 package messages
 
-import "time"
-
 // Health is a replica's state as its health probes see it.
 type Health string
 
@@ -29,17 +27,6 @@ type HealthReport struct {
 	URL      string
 	Health   Health
 	Failures int
-}
-
-// LatencyReport carries a replica's new latency window (seconds, oldest first) to the registry.
-type LatencyReport struct {
-	URL    string
-	Window []float64
-}
-
-// RequestDone tells a replica actor that a request on it completed successfully in Elapsed.
-type RequestDone struct {
-	Elapsed time.Duration
 }
 
 // ReplicaExpired tells the registry that a replica has been down for longer than the down list keeps
