@@ -1,6 +1,6 @@
 // Package actors holds lmproxy's actors: the registry, which owns the set of replicas, their in-flight
-// counts and the routing decision, and one replica actor per replica, which owns its health loop and
-// latency window.
+// counts, latency windows and the routing decision; one replica actor per replica, which owns its
+// health loop; and the DistServe link actors. The state file's store lives here too.
 package actors
 
 import (
