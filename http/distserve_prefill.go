@@ -58,7 +58,7 @@ func (s *Server) askPrefill(r *http.Request, requestID, target string, body []by
 	req.Header = outboundHeaders(r, requestID)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Del("Accept-Encoding") // the proxy reads this answer itself: no compression
-	resp, err := s.upstream.transport.RoundTrip(req)
+	resp, err := s.upstream.RoundTrip(req)
 	if err != nil {
 		o, err := prefillFailure(r, ctx, target, err)
 		return prefillInfo{}, o, err

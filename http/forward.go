@@ -137,7 +137,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 		return forwardResult{outcome: messages.UpstreamError}
 	}
 	out.Header = outboundHeaders(r, t.id)
-	resp, err := s.upstream.transport.RoundTrip(out)
+	resp, err := s.upstream.RoundTrip(out)
 	if err != nil {
 		return s.failedExchange(w, r, ctx, err)
 	}

@@ -135,10 +135,10 @@ func TestServerLimitsOfEveryServer(t *testing.T) {
 func TestReadHeaderTimeoutDisconnectsSlowHeaders(t *testing.T) {
 	const limit = 100 * time.Millisecond
 	s := startLimited(t, serverLimits{readHeaderTimeout: limit, idleTimeout: time.Hour, maxHeaderBytes: 1 << 20})
+	start := time.Now() // before the dial: the server's deadline cannot start earlier than this
 	conn, err := net.Dial("tcp", s.Addr().String())
 	require.NoError(t, err)
 	defer conn.Close()
-	start := time.Now()
 	io.WriteString(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n")
 	stop := make(chan struct{})
 	trickled := make(chan struct{})

@@ -8,9 +8,13 @@ import (
 	"time"
 )
 
-// copyBufferSize holds several SSE events; streams are read as they arrive, so a read returns what
-// the replica has flushed so far.
-const copyBufferSize = 32 << 10
+// A stream's buffer is held for the stream's whole life, so it is small: a read returns what the
+// replica flushed so far, an event or a few. A whole answer is copied with a large one, in fewer
+// reads (it bypasses the connection's own 4 KiB buffer).
+const (
+	streamBufferSize = 2 << 10
+	bodyBufferSize   = 32 << 10
+)
 
 // flusher is net/http's response writer's flush that reports a client that left.
 type flusher interface{ FlushError() error }
@@ -29,14 +33,21 @@ func flusherOf(w http.ResponseWriter) flusher {
 	}
 }
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+var (
+	streamBuffers = sync.Pool{New: func() any { b := make([]byte, streamBufferSize); return &b }}
+	bodyBuffers   = sync.Pool{New: func() any { b := make([]byte, bodyBufferSize); return &b }}
+)
 
 // copyBody copies an upstream body to the client, flushing after every read when flush is set, so
 // each SSE event leaves as soon as it arrives. It tells a read error (the replica failed) from a write
 // error (the client left), which need different endings. It records the time to the first byte.
 func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	pool := &bodyBuffers
+	if flush {
+		pool = &streamBuffers
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	var last byte // the byte before this read, so an event end split across reads still counts
 	for {

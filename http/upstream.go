@@ -1,18 +1,63 @@
 package http
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 )
 
-// upstream is the one connection pool that every forwarded request goes through.
+// upstream is the one connection pool that every request to a replica goes through. It is a small
+// HTTP/1.1 client of its own rather than http.Transport: the exchange runs on the handler's goroutine,
+// where Transport hands each request to two goroutines per connection (a writer and a reader). With
+// thousands of open streams those goroutines' stacks and the hand-offs between them cost more than
+// the proxy's real work (docs/performance.md has the figures).
 type upstream struct {
-	transport *http.Transport
-	timeout   time.Duration // --upstream-timeout; 0 = none
+	timeout time.Duration // --upstream-timeout; 0 = none
+	dialer  net.Dialer
+	slots   chan struct{} // --max-conns; nil = no limit
+	perHost int           // --max-conns-per-host; 0 = no limit
+
+	mu    sync.Mutex
+	hosts map[string]*hostConns
+}
+
+// hostConns are one replica's connections: the idle ones, how many are open, and the requests
+// waiting for one under --max-conns-per-host.
+type hostConns struct {
+	idle    []*upConn
+	open    int
+	limit   int // 0 = no limit
+	waiting []chan *upConn
+}
+
+const (
+	maxIdlePerHost = 4096             // thousands of streams each hold a connection; keep them for reuse
+	idleTimeout    = 90 * time.Second // an idle connection older than this is closed, not reused
+	// readBufferSize holds an answer's head and a few SSE events; it lives as long as the connection.
+	readBufferSize = 2 << 10
+)
+
+// requestWriters buffer one request's head and body while it is written.
+var requestWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+// upConn is one connection to a replica. It has no write buffer of its own: a request is written
+// through a pooled one, so an open stream holds only its read buffer.
+type upConn struct {
+	net.Conn
+	key    string
+	host   *hostConns
+	br     *bufio.Reader
+	reused bool
+	idleAt time.Time
+	global bool // holds a place under --max-conns
 }
 
 // dialError marks a failure to reach a replica: nothing of the request was sent, so it may be retried
@@ -29,63 +74,356 @@ func isDialError(err error) bool {
 }
 
 func newUpstream(maxConns, maxConnsPerHost int, timeout time.Duration) *upstream {
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
-	var slots chan struct{}
-	if maxConns > 0 {
-		slots = make(chan struct{}, maxConns)
+	u := &upstream{
+		timeout: timeout,
+		dialer:  net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		perHost: maxConnsPerHost,
+		hosts:   map[string]*hostConns{},
 	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if slots != nil {
+	if maxConns > 0 {
+		u.slots = make(chan struct{}, maxConns)
+	}
+	return u
+}
+
+// RoundTrip sends req (whose body must be replayable: GetBody set) and returns the answer. The
+// answer's body gives the connection back to the pool when read to its end, and closes it when
+// closed early. The request's context cancels the exchange at any point, body reading included.
+func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		c, err := u.get(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := u.exchange(ctx, c, req)
+		if err == nil {
+			return resp, nil
+		}
+		c.Close()
+		u.release(c)
+		// A reused connection the replica closed while it sat idle fails before any answer: nothing
+		// was processed, so the request goes again on a fresh connection, once.
+		if !c.reused || attempt > 0 || ctx.Err() != nil || !closedByPeer(err) || req.GetBody == nil {
+			return nil, err
+		}
+		if req.Body, err = req.GetBody(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// exchange writes req on c and reads the answer's head.
+func (u *upstream) exchange(ctx context.Context, c *upConn, req *http.Request) (*http.Response, error) {
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	bw := requestWriters.Get().(*bufio.Writer)
+	bw.Reset(c.Conn)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	requestWriters.Put(bw)
+	if err != nil {
+		return fail(err)
+	}
+	resp, err := http.ReadResponse(c.br, req)
+	if err != nil {
+		return fail(err)
+	}
+	resp.Body = &pooledBody{body: resp.Body, c: c, u: u, ctx: ctx, stop: stop, keep: !resp.Close}
+	return resp, nil
+}
+
+// closedByPeer reports whether err says the other end closed the connection.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// get returns an idle connection to req's replica that is still open, or dials one. Under a
+// connection limit it waits for a connection another request gives back, or for a place to dial.
+func (u *upstream) get(ctx context.Context, req *http.Request) (*upConn, error) {
+	key := req.URL.Scheme + "://" + req.URL.Host
+	for {
+		u.mu.Lock()
+		h := u.host(key)
+		var c *upConn
+		if n := len(h.idle); n > 0 {
+			c = h.idle[n-1]
+			h.idle[n-1] = nil
+			h.idle = h.idle[:n-1]
+		}
+		if c == nil && !h.takeSlot() {
+			// At --max-conns-per-host: wait for a connection to come back, or for one to close.
+			ch := make(chan *upConn, 1)
+			h.waiting = append(h.waiting, ch)
+			u.mu.Unlock()
 			select {
-			case slots <- struct{}{}:
+			case c = <-ch:
 			case <-ctx.Done():
+				u.mu.Lock()
+				h.waiting = slices.DeleteFunc(h.waiting, func(w chan *upConn) bool { return w == ch })
+				u.mu.Unlock()
+				select {
+				case c = <-ch: // handed over just before we left: pass it on
+					if c != nil {
+						u.put(c)
+					} else {
+						u.freeSlot(h)
+					}
+				default:
+				}
+				return nil, ctx.Err()
+			}
+			if c == nil {
+				return u.dial(ctx, key, req.URL, h) // a connection closed: its place is ours
+			}
+		} else {
+			u.mu.Unlock()
+			if c == nil {
+				return u.dial(ctx, key, req.URL, h)
+			}
+		}
+		if time.Since(c.idleAt) < idleTimeout && c.alive() {
+			c.reused = true
+			return c, nil
+		}
+		c.Close()
+		u.release(c)
+	}
+}
+
+// takeSlot takes a place under --max-conns-per-host, if one is free; u.mu is held.
+func (h *hostConns) takeSlot() bool {
+	if h.limit == 0 || h.open < h.limit {
+		h.open++
+		return true
+	}
+	return false
+}
+
+// freeSlot gives a place under --max-conns-per-host back, to a waiting request if there is one.
+func (u *upstream) freeSlot(h *hostConns) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(h.waiting) > 0 {
+		ch := h.waiting[0]
+		h.waiting = h.waiting[1:]
+		ch <- nil // the waiter dials in this connection's place
+		return
+	}
+	h.open--
+}
+
+// host returns the connections of key; u.mu is held.
+func (u *upstream) host(key string) *hostConns {
+	h := u.hosts[key]
+	if h == nil {
+		h = &hostConns{limit: u.perHost}
+		u.hosts[key] = h
+	}
+	return h
+}
+
+// alive reports whether an idle connection is still open: the replica may have closed it (uvicorn
+// closes idle keep-alive connections after 5 s). One non-blocking peek: a read that would block
+// means open. A TLS connection is not peeked; a stale one is retried on a fresh connection instead.
+func (c *upConn) alive() bool {
+	if c.br.Buffered() > 0 {
+		return false // bytes nobody asked for: the connection is out of step
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	var b [1]byte
+	if err := rc.Read(func(fd uintptr) bool {
+		_, _, perr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = perr == syscall.EAGAIN
+		return true
+	}); err != nil {
+		return false
+	}
+	return open
+}
+
+// dial opens a connection to key, in a place under --max-conns-per-host already taken for it, after
+// waiting for one under --max-conns.
+func (u *upstream) dial(ctx context.Context, key string, target interface{ Hostname() string }, h *hostConns) (*upConn, error) {
+	c := &upConn{key: key, host: h}
+	if u.slots != nil {
+		select {
+		case u.slots <- struct{}{}:
+		default:
+			// Every place is taken. Idle connections hold places too: close one rather than wait
+			// for a request on another replica that may never come.
+			u.closeOneIdle()
+			select {
+			case u.slots <- struct{}{}:
+			case <-ctx.Done():
+				u.release(c)
 				return nil, ctx.Err()
 			}
 		}
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			if slots != nil {
-				<-slots
-			}
-			if ctx.Err() != nil {
-				return nil, err // the request ended first: not the replica's fault
-			}
-			return nil, &dialError{err}
-		}
-		if slots != nil {
-			return &slotConn{Conn: c, slots: slots}, nil
-		}
-		return c, nil
+		c.global = true
 	}
-	return &upstream{
-		timeout: timeout,
-		transport: &http.Transport{
-			DialContext: dial,
-			// Thousands of concurrent streams each hold a connection; keep them for reuse instead of
-			// dialing (and leaving TIME_WAIT behind) for every request.
-			MaxIdleConns:        0,
-			MaxIdleConnsPerHost: 4096,
-			MaxConnsPerHost:     maxConnsPerHost,
-			IdleConnTimeout:     90 * time.Second,
-			// Bodies pass through byte for byte: never let the transport decompress them.
-			DisableCompression: true,
-			WriteBufferSize:    16 << 10,
-			ReadBufferSize:     16 << 10,
-		},
+	addr := key[len("http://"):]
+	tlsOn := key[:len("https")] == "https"
+	if tlsOn {
+		addr = key[len("https://"):]
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		port := "80"
+		if tlsOn {
+			port = "443"
+		}
+		addr = net.JoinHostPort(addr, port)
+	}
+	conn, err := u.dialer.DialContext(ctx, "tcp", addr)
+	if err == nil && tlsOn {
+		tc := tls.Client(conn, &tls.Config{ServerName: target.Hostname()})
+		if err = tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+		}
+		conn = tc
+	}
+	if err != nil {
+		u.release(c)
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // the request ended first: not the replica's fault
+		}
+		return nil, &dialError{err}
+	}
+	c.Conn = conn
+	c.br = bufio.NewReaderSize(conn, readBufferSize)
+	return c, nil
+}
+
+// put keeps a connection whose exchange ended cleanly: for a request waiting for one, or for the
+// next request.
+func (u *upstream) put(c *upConn) {
+	c.idleAt = time.Now()
+	h := c.host
+	u.mu.Lock()
+	if len(h.waiting) > 0 {
+		ch := h.waiting[0]
+		h.waiting = h.waiting[1:]
+		ch <- c
+		c = nil
+	} else if len(h.idle) < maxIdlePerHost {
+		h.idle = append(h.idle, c)
+		c = nil
+	}
+	u.mu.Unlock()
+	if c != nil {
+		c.Close()
+		u.release(c)
 	}
 }
 
-func (u *upstream) close() { u.transport.CloseIdleConnections() }
-
-// slotConn gives its --max-conns slot back when closed, once.
-type slotConn struct {
-	net.Conn
-	slots chan struct{}
-	once  sync.Once
+// release gives back the places a closed connection held, once.
+func (u *upstream) release(c *upConn) {
+	if c.global {
+		<-u.slots
+		c.global = false
+	}
+	if c.host != nil {
+		h := c.host
+		c.host = nil
+		u.freeSlot(h)
+	}
 }
 
-func (c *slotConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { <-c.slots })
-	return err
+// closeOneIdle closes one idle connection, of any replica, if there is one.
+func (u *upstream) closeOneIdle() {
+	var c *upConn
+	u.mu.Lock()
+	for _, h := range u.hosts {
+		if n := len(h.idle); n > 0 {
+			c = h.idle[0]
+			h.idle = slices.Delete(h.idle, 0, 1)
+			break
+		}
+	}
+	u.mu.Unlock()
+	if c != nil {
+		c.Close()
+		u.release(c)
+	}
+}
+
+// close closes every idle connection.
+func (u *upstream) close() {
+	u.mu.Lock()
+	var idle []*upConn
+	for _, h := range u.hosts {
+		idle = append(idle, h.idle...)
+		h.idle = nil
+	}
+	u.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+		u.release(c)
+	}
+}
+
+// pooledBody is an answer's body on a pooled connection: read to its end, the connection goes back
+// to the pool; closed before that, or cancelled, the connection is closed.
+type pooledBody struct {
+	body io.ReadCloser
+	c    *upConn
+	u    *upstream
+	ctx  context.Context
+	stop func() bool
+	keep bool // the answer allows the connection to be reused
+	done bool
+}
+
+func (b *pooledBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		if b.ctx.Err() != nil {
+			err = b.ctx.Err() // the deadline we set on cancel is not the replica's doing
+		}
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *pooledBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+// finish ends the exchange once: the connection is reused only after a clean end that the
+// cancellation did not touch.
+func (b *pooledBody) finish(clean bool) {
+	if b.done {
+		return
+	}
+	b.done = true
+	if b.stop() && clean && b.keep {
+		b.u.put(b.c)
+		return
+	}
+	b.c.Close()
+	b.u.release(b.c)
 }
