@@ -71,3 +71,42 @@ func TestOpenAISDKReadsUnknownModelError(t *testing.T) {
 	require.Contains(t, apiErr.Message, "no-such-model")
 	require.Equal(t, "not_found_error", apiErr.Type)
 }
+
+func TestOpenAISDKCompletionsAndModels(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{Models: []string{"m1", "m2"}, Tokens: 3})
+	client := newSDK(t, p.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	page, err := client.Models.List(ctx)
+	require.NoError(t, err)
+	var ids []string
+	for _, m := range page.Data {
+		ids = append(ids, m.ID)
+	}
+	require.ElementsMatch(t, []string{"m1", "m2"}, ids)
+
+	c, err := client.Completions.New(ctx, openai.CompletionNewParams{
+		Model:  "m2",
+		Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Say")},
+	})
+	require.NoError(t, err)
+	require.Len(t, c.Choices, 1)
+	require.Equal(t, "tok tok tok", c.Choices[0].Text)
+	require.EqualValues(t, 3, c.Usage.CompletionTokens)
+
+	stream := client.Completions.NewStreaming(ctx, openai.CompletionNewParams{
+		Model:  "m1",
+		Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Say")},
+	})
+	var text strings.Builder
+	for stream.Next() {
+		if ch := stream.Current().Choices; len(ch) > 0 {
+			text.WriteString(ch[0].Text)
+		}
+	}
+	require.NoError(t, stream.Err())
+	require.NoError(t, stream.Close())
+	require.Equal(t, "tok tok tok", text.String())
+	p.WaitIdle(t, 2*time.Second)
+}
