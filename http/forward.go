@@ -199,7 +199,9 @@ func (s *Server) upstreamContext(parent context.Context) (context.Context, conte
 	if s.upstream.timeout > 0 {
 		return context.WithTimeout(parent, s.upstream.timeout)
 	}
-	return context.WithCancel(parent)
+	// No timeout: the client's own context is enough, and the answer's body, always closed, ends
+	// the exchange. A derived context would cost allocations per request for nothing.
+	return parent, func() {}
 }
 
 // statusOutcome is what an answer's status says about the replica.
