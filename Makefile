@@ -13,12 +13,20 @@ run: build
 	@./scripts/run-demo.sh $(BIN) $(PORT)
 
 test:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		echo "note: node/npm not found: the test with the official openai npm client is skipped"
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+
+# The load harness (../shared/bench, or $BENCH_DIR) against direct, nginx, haproxy and lmproxy, and
+# the Go benchmarks; writes the figures into docs/performance.md. Takes ~30 min; QUICK=1 takes ~7.
+# Knobs: QUICK=1, REPS, SCENARIOS (see scripts/bench.sh). Not part of `make test`.
+bench: build
+	./scripts/bench.sh $(BIN)
 
 clean:
 	rm -rf bin
