@@ -11,16 +11,6 @@ type Registration struct {
 	Speed  float64  `json:"speed,omitempty"` // 0 = not declared
 }
 
-// HasModel reports whether the replica declared model.
-func (r Registration) HasModel(model string) bool {
-	for _, m := range r.Models {
-		if m == model {
-			return true
-		}
-	}
-	return false
-}
-
 // Register adds a replica or replaces the registration of one with the same URL (its counters stay).
 // Health is the replica's state until its first probe: healthy when the caller just probed it.
 type Register struct {
