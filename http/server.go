@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lmproxy/lmproxy/actors"
+	"github.com/lmproxy/lmproxy/http/h1"
 	"github.com/lmproxy/lmproxy/metrics"
 )
 
@@ -50,7 +51,7 @@ type Server struct {
 	limits serverLimits
 
 	ln  net.Listener
-	srv *http.Server
+	srv *h1.Server
 }
 
 // serverLimits are the listener's own bounds on a client connection.
@@ -125,20 +126,18 @@ func (s *Server) Open(addr string) error {
 		return err
 	}
 	s.ln = ln
-	s.srv = &http.Server{
+	// h1, not net/http's server: one goroutine and no buffer per waiting stream (docs/performance.md).
+	// There is no write timeout: it would cut every long stream.
+	s.srv = &h1.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.limits.readHeaderTimeout,
 		IdleTimeout:       s.limits.idleTimeout,
 		MaxHeaderBytes:    s.limits.maxHeaderBytes,
-		// No WriteTimeout: it would cut every long stream.
-		ErrorLog: newStdLogger(s.log),
-	}
-	if s.cfg.TLS != nil {
-		s.srv.TLSConfig = s.cfg.TLS
-		ln = tls.NewListener(ln, s.cfg.TLS)
+		TLSConfig:         s.cfg.TLS,
+		ErrorLog:          newStdLogger(s.log),
 	}
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, h1.ErrServerClosed) {
 			s.log.WithError(err).Error("server stopped")
 		}
 	}()

@@ -1,0 +1,332 @@
+package h1
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// A connection holds a read or write buffer only while it uses it: the read buffer while a request
+// head and body arrive (and while a keep-alive connection waits for the next one), the write buffer
+// from the first byte of an answer to its next flush. An open stream waiting on its replica holds
+// neither.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// maxDiscard is how much of a request body the handler left unread is read and dropped to keep the
+// connection; with more left the connection is closed instead (net/http's figure).
+const maxDiscard = 256 << 10
+
+// connState is where a connection is in its life, for Shutdown.
+type connState int
+
+const (
+	stateIdle   connState = iota // waiting for the first byte of a request: Shutdown may close it
+	stateActive                  // reading or serving a request
+	stateClosed
+)
+
+// conn is one client connection, served by one goroutine.
+type conn struct {
+	s      *Server
+	rwc    net.Conn // a *tls.Conn under TLS
+	raw    net.Conn // the TCP connection
+	remote string
+	tls    *tls.ConnectionState
+
+	lr limitedReader // what the read buffer reads from: rwc, bounded while a head arrives
+	br *bufio.Reader // nil when not held
+	bw *bufio.Writer // nil when not held
+
+	fd      int
+	watchID int32
+
+	mu     sync.Mutex
+	state  connState
+	cancel context.CancelFunc // the running request's
+	gone   bool               // the client hung up
+}
+
+func (s *Server) newConn(rwc net.Conn) *conn {
+	c := &conn{s: s, rwc: rwc, raw: rwc, remote: rwc.RemoteAddr().String(), fd: -1}
+	if s.TLSConfig != nil {
+		c.rwc = tls.Server(rwc, s.TLSConfig)
+	}
+	c.lr.r = c.rwc
+	return c
+}
+
+// serve runs the connection: requests one after the other until the client or the server ends it.
+func (c *conn) serve() {
+	defer c.close()
+	if tc, ok := c.rwc.(*tls.Conn); ok {
+		if !c.handshake(tc) {
+			return
+		}
+	}
+	if h := c.s.hangups; h != nil {
+		if c.fd = fdOf(c.raw); c.fd >= 0 {
+			c.watchID = h.watch(c, c.fd)
+		}
+	}
+	wait := c.s.ReadHeaderTimeout // for the first request, waiting is part of its head's time
+	for {
+		if !c.waitForRequest(wait) {
+			return
+		}
+		wait = c.s.IdleTimeout
+		req, b, err := c.readRequest()
+		if err != nil {
+			c.refuse(err)
+			return
+		}
+		if !c.handle(req, b) {
+			return
+		}
+	}
+}
+
+func (c *conn) handshake(tc *tls.Conn) bool {
+	if d := c.s.ReadHeaderTimeout; d > 0 {
+		tc.SetDeadline(time.Now().Add(d))
+	}
+	if err := tc.HandshakeContext(context.Background()); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.s.logf("h1: TLS handshake error from %s: %v", c.remote, err)
+		}
+		return false
+	}
+	tc.SetDeadline(time.Time{})
+	st := tc.ConnectionState()
+	c.tls = &st
+	return true
+}
+
+// waitForRequest waits up to d (0: forever) for the first byte of a request, as an idle connection
+// that Shutdown may close, and reports whether one came.
+func (c *conn) waitForRequest(d time.Duration) bool {
+	if !c.setState(stateIdle) {
+		return false
+	}
+	if d > 0 {
+		c.rwc.SetReadDeadline(time.Now().Add(d))
+	}
+	br := c.reader()
+	if _, err := br.Peek(1); err != nil {
+		return false
+	}
+	if !c.setState(stateActive) {
+		return false
+	}
+	if h := c.s.ReadHeaderTimeout; h > 0 {
+		c.rwc.SetReadDeadline(time.Now().Add(h))
+	} else if d > 0 {
+		c.rwc.SetReadDeadline(time.Time{})
+	}
+	return true
+}
+
+// handle serves one request and reports whether the connection can carry another.
+func (c *conn) handle(req *http.Request, b *body) (keep bool) {
+	if c.s.ReadHeaderTimeout > 0 {
+		c.rwc.SetReadDeadline(time.Time{})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.cancel = cancel
+	gone := c.gone
+	c.mu.Unlock()
+	if gone {
+		cancel()
+	}
+	req = req.WithContext(ctx)
+	w := &response{c: c, req: req, body: b, header: make(http.Header, 8), clen: -1}
+	b.w = w
+	if b.eof {
+		c.releaseReaderIfEmpty()
+	}
+	ok := c.serveHandler(w, req)
+
+	c.mu.Lock()
+	c.cancel = nil
+	gone = c.gone
+	c.mu.Unlock()
+	cancel()
+	if !ok {
+		return false
+	}
+	if err := w.finish(); err != nil || w.closeAfter || gone {
+		return false
+	}
+	return b.discard() && !c.s.isClosing()
+}
+
+// serveHandler runs the handler, recovering a panic as net/http does: the connection is closed
+// without finishing the answer. It reports whether the handler returned normally.
+func (c *conn) serveHandler(w *response, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				c.s.logf("h1: panic serving %s: %v\n%s", c.remote, v, debug.Stack())
+			}
+			w.release()
+			ok = false
+		}
+	}()
+	c.s.Handler.ServeHTTP(w, req)
+	return true
+}
+
+// hangUp cancels the running request, if any: the client closed or reset the connection. The
+// watcher calls it from its own goroutine.
+func (c *conn) hangUp() {
+	c.mu.Lock()
+	c.gone = true
+	cancel := c.cancel
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// setState moves the connection to st unless it was closed; it reports whether it was not.
+func (c *conn) setState(st connState) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateClosed {
+		return false
+	}
+	c.state = st
+	return true
+}
+
+// aLongTimeAgo is a deadline that wakes a blocked read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// closeIfIdle ends the connection if it waits for a request. Only the connection's goroutine closes
+// the socket (after disarming its hang-up watch, so that a reused descriptor is never disarmed by
+// mistake); others wake it with a deadline in the past.
+func (c *conn) closeIfIdle() {
+	c.mu.Lock()
+	idle := c.state == stateIdle
+	if idle {
+		c.state = stateClosed
+	}
+	c.mu.Unlock()
+	if idle {
+		c.rwc.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// abort cancels the running request and wakes every blocked read and write, for Close.
+func (c *conn) abort() {
+	c.mu.Lock()
+	c.state = stateClosed
+	c.mu.Unlock()
+	c.hangUp()
+	c.raw.SetDeadline(aLongTimeAgo)
+}
+
+func (c *conn) close() {
+	c.mu.Lock()
+	c.state = stateClosed
+	c.mu.Unlock()
+	if h := c.s.hangups; h != nil {
+		h.forget(c.watchID, c.fd)
+	}
+	if c.bw != nil {
+		c.bw.Flush()
+		c.releaseWriter()
+	}
+	c.rwc.Close()
+	if c.br != nil {
+		c.releaseReader()
+	}
+	c.s.untrack(c)
+}
+
+// reader returns the connection's read buffer, taking one from the pool if needed.
+func (c *conn) reader() *bufio.Reader {
+	if c.br == nil {
+		c.br = readers.Get().(*bufio.Reader)
+		c.br.Reset(&c.lr)
+	}
+	return c.br
+}
+
+// releaseReaderIfEmpty gives the read buffer back when it holds no byte of a next request.
+func (c *conn) releaseReaderIfEmpty() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		c.releaseReader()
+	}
+}
+
+func (c *conn) releaseReader() {
+	c.br.Reset(nil)
+	readers.Put(c.br)
+	c.br = nil
+}
+
+// writer returns the connection's write buffer, taking one from the pool if needed.
+func (c *conn) writer() *bufio.Writer {
+	if c.bw == nil {
+		c.bw = writers.Get().(*bufio.Writer)
+		c.bw.Reset(c.rwc)
+	}
+	return c.bw
+}
+
+func (c *conn) releaseWriter() {
+	c.bw.Reset(nil)
+	writers.Put(c.bw)
+	c.bw = nil
+}
+
+// fdOf returns the file descriptor of a TCP connection, or -1.
+func fdOf(nc net.Conn) int {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// limitedReader reads from r; while n > 0 is set, at most n bytes, then errHeadTooLarge.
+type limitedReader struct {
+	r       io.Reader
+	n       int64
+	limited bool
+}
+
+var errHeadTooLarge = errors.New("request head too large")
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if !l.limited {
+		return l.r.Read(p)
+	}
+	if l.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}

@@ -1,0 +1,334 @@
+package h1
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// requestError is a request the server refuses before any handler sees it.
+type requestError struct {
+	status int
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func badRequest(msg string) error { return &requestError{http.StatusBadRequest, msg} }
+
+// readRequest reads one request head and sets up its body.
+func (c *conn) readRequest() (*http.Request, *body, error) {
+	c.lr.n, c.lr.limited = c.s.maxHeaderBytes()+4096, true // net/http's slack over the limit
+	req, b, err := c.readHead()
+	c.lr.limited = false
+	if errors.Is(err, errHeadTooLarge) {
+		return nil, nil, &requestError{http.StatusRequestHeaderFieldsTooLarge, "request header fields too large"}
+	}
+	return req, b, err
+}
+
+func (c *conn) readHead() (*http.Request, *body, error) {
+	tp := textproto.Reader{R: c.br}
+	line, err := tp.ReadLine()
+	if err != nil {
+		return nil, nil, err
+	}
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !validMethod(method) {
+		return nil, nil, badRequest("malformed request line")
+	}
+	major, minor, ok := http.ParseHTTPVersion(proto)
+	if !ok {
+		return nil, nil, badRequest("malformed HTTP version")
+	}
+	if major != 1 {
+		return nil, nil, &requestError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+	}
+	u, err := parseTarget(method, target)
+	if err != nil {
+		return nil, nil, badRequest("malformed request target")
+	}
+	mh, err := tp.ReadMIMEHeader()
+	if err != nil {
+		if errors.Is(err, errHeadTooLarge) {
+			return nil, nil, err
+		}
+		var pe textproto.ProtocolError
+		if errors.As(err, &pe) {
+			return nil, nil, badRequest("malformed header")
+		}
+		return nil, nil, err
+	}
+	h := http.Header(mh)
+	for _, vv := range h {
+		for _, v := range vv {
+			if !validHeaderValue(v) {
+				return nil, nil, badRequest("invalid header value")
+			}
+		}
+	}
+	req := &http.Request{
+		Method:     method,
+		URL:        u,
+		Proto:      proto,
+		ProtoMajor: major,
+		ProtoMinor: minor,
+		Header:     h,
+		RequestURI: target,
+		RemoteAddr: c.remote,
+		TLS:        c.tls,
+	}
+	hosts := h["Host"]
+	switch {
+	case len(hosts) > 1:
+		return nil, nil, badRequest("too many Host headers")
+	case len(hosts) == 0 && minor >= 1:
+		return nil, nil, badRequest("missing required Host header")
+	case len(hosts) == 1 && !validHost(hosts[0]):
+		return nil, nil, badRequest("malformed Host header")
+	}
+	req.Host = u.Host
+	if req.Host == "" && len(hosts) == 1 {
+		req.Host = hosts[0]
+	}
+	delete(h, "Host")
+	req.Close = wantsClose(minor, h["Connection"])
+
+	b, err := c.newBody(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	return req, b, nil
+}
+
+// parseTarget parses a request target: origin form, absolute form, or * for OPTIONS.
+func parseTarget(method, target string) (*url.URL, error) {
+	if target == "*" && method == http.MethodOptions {
+		return &url.URL{Path: "*"}, nil
+	}
+	if target == "" || method == http.MethodConnect {
+		return nil, errors.New("unsupported target")
+	}
+	return url.ParseRequestURI(target)
+}
+
+// newBody sets up req's body from its framing headers (RFC 9112 §6).
+func (c *conn) newBody(req *http.Request) (*body, error) {
+	h := req.Header
+	b := &body{c: c}
+	te, cl := h["Transfer-Encoding"], h["Content-Length"]
+	switch {
+	case len(te) > 0:
+		if len(te) != 1 || !strings.EqualFold(textproto.TrimString(te[0]), "chunked") {
+			return nil, &requestError{http.StatusNotImplemented, "unsupported transfer encoding"}
+		}
+		if len(cl) > 0 {
+			return nil, badRequest("both Transfer-Encoding and Content-Length")
+		}
+		b.chunked = true
+		b.cr = httputil.NewChunkedReader(c.br)
+		req.ContentLength = -1
+		req.TransferEncoding = []string{"chunked"}
+	case len(cl) > 0:
+		n, err := parseContentLength(cl)
+		if err != nil {
+			return nil, err
+		}
+		b.n = n
+		req.ContentLength = n
+	}
+	if !b.chunked && b.n == 0 {
+		b.eof = true
+		req.Body = http.NoBody
+	} else {
+		req.Body = b
+		if expect := h["Expect"]; len(expect) > 0 {
+			if len(expect) != 1 || !strings.EqualFold(expect[0], "100-continue") {
+				return nil, &requestError{http.StatusExpectationFailed, "unsupported Expect"}
+			}
+			b.needContinue = req.ProtoMinor >= 1
+		}
+	}
+	return b, nil
+}
+
+// parseContentLength accepts one decimal length, or several identical ones.
+func parseContentLength(vv []string) (int64, error) {
+	first := textproto.TrimString(vv[0])
+	for _, v := range vv[1:] {
+		if textproto.TrimString(v) != first {
+			return 0, badRequest("conflicting Content-Length")
+		}
+	}
+	if first == "" || first[0] == '+' || first[0] == '-' {
+		return 0, badRequest("bad Content-Length")
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	if err != nil {
+		return 0, badRequest("bad Content-Length")
+	}
+	return n, nil
+}
+
+// wantsClose reads the Connection header: HTTP/1.1 keeps the connection unless told "close",
+// HTTP/1.0 closes it unless told "keep-alive".
+func wantsClose(minor int, conn []string) bool {
+	keepAlive := false
+	for _, v := range conn {
+		for _, f := range strings.Split(v, ",") {
+			f = textproto.TrimString(f)
+			if strings.EqualFold(f, "close") {
+				return true
+			}
+			if strings.EqualFold(f, "keep-alive") {
+				keepAlive = true
+			}
+		}
+	}
+	return minor == 0 && !keepAlive
+}
+
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if !isTokenByte(m[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTokenByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+}
+
+// validHeaderValue refuses control characters other than tab (RFC 9110 §5.5).
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost refuses what cannot be part of a host[:port] (net/http's check, simplified).
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		b := h[i]
+		if b <= ' ' || b == 0x7f || b == '/' || b == '\\' || b == '"' || b == '<' || b == '>' {
+			return false
+		}
+	}
+	return true
+}
+
+// body is a request body on the connection's read buffer.
+type body struct {
+	c            *conn
+	w            *response
+	n            int64 // bytes left, without chunking
+	chunked      bool
+	cr           io.Reader
+	eof          bool
+	needContinue bool // the client waits for "100 Continue" before it sends the body
+	err          error
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.needContinue {
+		b.needContinue = false
+		if b.w != nil && !b.w.committed {
+			bw := b.c.writer()
+			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if err := bw.Flush(); err != nil {
+				b.err = err
+				return 0, err
+			}
+		}
+	}
+	var n int
+	var err error
+	if b.chunked {
+		n, err = b.cr.Read(p)
+		if err == io.EOF {
+			err = b.readTrailer()
+		}
+	} else {
+		if int64(len(p)) > b.n {
+			p = p[:b.n]
+		}
+		n, err = b.c.br.Read(p)
+		b.n -= int64(n)
+		if b.n == 0 {
+			err = io.EOF
+		} else if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+		b.c.releaseReaderIfEmpty()
+	} else if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// readTrailer reads a chunked body's trailer section, which nothing uses, and returns io.EOF.
+func (b *body) readTrailer() error {
+	tp := textproto.Reader{R: b.c.br}
+	if _, err := tp.ReadMIMEHeader(); err != nil {
+		return badRequest("malformed trailer")
+	}
+	return io.EOF
+}
+
+// Close does nothing: what the handler leaves unread is dropped after it returns.
+func (b *body) Close() error { return nil }
+
+// discard reads and drops what the handler left unread, up to maxDiscard; it reports whether the
+// connection can carry another request.
+func (b *body) discard() bool {
+	if b.eof {
+		return true
+	}
+	if b.err != nil || b.needContinue || !b.chunked && b.n > maxDiscard {
+		return false
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(b, maxDiscard+1))
+	return err == nil && n <= maxDiscard && b.eof
+}
+
+// refuse answers a request the server could not read, as net/http does, and the connection closes;
+// a connection that failed or timed out is just closed.
+func (c *conn) refuse(err error) {
+	var re *requestError
+	if !errors.As(err, &re) {
+		return
+	}
+	text := strconv.Itoa(re.status) + " " + http.StatusText(re.status)
+	bw := c.writer()
+	bw.WriteString(statusLine(re.status))
+	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
+	bw.WriteString(text + ": " + re.msg)
+	bw.Flush()
+}
