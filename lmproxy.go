@@ -96,8 +96,8 @@ func Start(cfg Config) (*Proxy, error) {
 		withLinks.Links = p.Links
 		cfg.HTTP.DistServe = &withLinks
 	}
-	p.PID = actors.SpawnRegistry(e, cfg.Actors)
-	p.Registry = actors.NewRegistry(e, p.PID)
+	p.Registry = actors.SpawnRegistry(e, cfg.Actors)
+	p.PID = p.Registry.PID()
 	p.Server = lmhttp.New(cfg.HTTP, p.Registry)
 	if err := p.Server.Open(cfg.Addr); err != nil {
 		p.stop()

@@ -1,6 +1,8 @@
-// Package actors holds lmproxy's actors: the registry, which owns the set of replicas, their in-flight
-// counts, latency windows and the routing decision; one replica actor per replica, which owns its
-// health loop; and the DistServe link actors. The state file's store lives here too.
+// Package actors holds lmproxy's actors: the registry, whose actor alone changes the set of replicas
+// and their health, while each request's routing decision and its in-flight count, latency sample
+// and breaker update run on the request's own goroutine under the registry's lock; one replica actor
+// per replica, which owns its health loop; and the DistServe link actors. The state file's store
+// lives here too.
 package actors
 
 import (
@@ -28,12 +30,13 @@ type Config struct {
 	PassiveFailures int              // consecutive 5xx or timeouts on the request path that open the circuit; default 3
 	CircuitCooldown time.Duration    // how long an open circuit keeps traffic away; default 10s
 	Probe           ProbeFunc        // default HTTPProbe with its own client
-	// OnChange is called from the registry's goroutine with every registration after each change
-	// (add, replace, remove), for persistence. It must not block.
+	// OnChange is called from the registry actor's goroutine with every registration after each
+	// change (add, replace, remove), for persistence, without the registry's lock held. It must not
+	// block: membership changes wait for it.
 	OnChange func([]messages.Registration)
-	// OnLeave is called from the registry's goroutine with the URL of a replica that was removed,
-	// expired, evicted to the down list or re-registered (a restarted engine re-registers), so that
-	// DistServe drops its links. It must not block.
+	// OnLeave is called from the registry actor's goroutine with the URL of a replica that was
+	// removed, expired, evicted to the down list or re-registered (a restarted engine re-registers),
+	// so that DistServe drops its links; the registry's lock is not held. It must not block.
 	OnLeave func(url string)
 	// ReplicaMiddleware wraps every replica actor's Receive (metrics, tests).
 	ReplicaMiddleware []actor.MiddlewareFunc

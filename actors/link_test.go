@@ -253,7 +253,7 @@ func TestRegistryReportsReplicasThatLeave(t *testing.T) {
 	require.NoError(t, err)
 	left := make(chan string, 8)
 	var failing atomic.Bool
-	pid := actors.SpawnRegistry(e, actors.Config{
+	reg := actors.SpawnRegistry(e, actors.Config{
 		HealthInterval: 5 * time.Millisecond, HealthFailures: 1,
 		Probe: func(ctx context.Context, url string) (messages.Health, error) {
 			if failing.Load() {
@@ -263,8 +263,7 @@ func TestRegistryReportsReplicasThatLeave(t *testing.T) {
 		},
 		OnLeave: func(url string) { left <- url },
 	})
-	defer actors.StopRegistry(e, pid)
-	reg := actors.NewRegistry(e, pid)
+	defer actors.StopRegistry(e, reg.PID())
 	ctx, cancel := context.WithTimeout(context.Background(), linkWait)
 	defer cancel()
 	next := func() string {

@@ -51,8 +51,8 @@ func startRegistry(t *testing.T, cfg actors.Config) *testRegistry {
 	if cfg.Log == nil {
 		cfg.Log = log
 	}
-	pid := actors.SpawnRegistry(e, cfg)
-	r := &testRegistry{Registry: actors.NewRegistry(e, pid), t: t, e: e, pid: pid, logs: hook}
+	reg := actors.SpawnRegistry(e, cfg)
+	r := &testRegistry{Registry: reg, t: t, e: e, pid: reg.PID(), logs: hook}
 	t.Cleanup(r.stop)
 	return r
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/anthdm/hollywood/actor"
@@ -40,7 +41,15 @@ type entry struct {
 
 // registryState is the registry's memory; it lives in the producer's closure so that even a restart
 // of the registry actor loses no registration and no in-flight count.
+//
+// mu guards all of it. Request goroutines take it to acquire and release (Registry in client.go);
+// the actor takes it to change membership and health and to read them. Only the actor changes
+// membership and health (entries, byModel, nextGen; an entry's reg, gen, pid, health, failures,
+// downSince), so what it read under the lock still holds after it unlocks to stop or spawn an actor
+// or to run a callback. Nothing slow or re-entrant runs under the lock: no actor is waited for or
+// spawned, no callback runs, nothing is logged.
 type registryState struct {
+	mu      sync.Mutex
 	entries map[string]*entry
 	byModel map[string][]*entry
 	nextGen uint64
@@ -48,18 +57,27 @@ type registryState struct {
 	picks   []*entry
 }
 
-// registry is the actor that owns the set of replicas and answers every routing decision.
-type registry struct {
+// router makes the routing decisions over the registry's state: choose a replica, count a request on
+// it, end the request. Its callers hold st.mu.
+type router struct {
 	st  *registryState
 	cfg *Config
 }
 
-// SpawnRegistry starts a registry actor with cfg on e.
-func SpawnRegistry(e *actor.Engine, cfg Config) *actor.PID {
+// registry is the actor that owns the set of replicas and their health: it applies registrations,
+// removals, health reports and expiries. Routing does not go through it (see Registry).
+type registry struct {
+	router
+}
+
+// SpawnRegistry starts a registry actor with cfg on e and returns the handle that routes over its
+// state.
+func SpawnRegistry(e *actor.Engine, cfg Config) *Registry {
 	c := cfg.withDefaults()
-	st := &registryState{entries: map[string]*entry{}, byModel: map[string][]*entry{}}
+	rt := router{st: &registryState{entries: map[string]*entry{}, byModel: map[string][]*entry{}}, cfg: &c}
 	opts := append(restartOpts(), actor.WithMiddleware(recoverMiddleware(c.Log)), actor.WithInboxSize(4096))
-	return e.Spawn(func() actor.Receiver { return &registry{st: st, cfg: &c} }, "registry", opts...)
+	pid := e.Spawn(func() actor.Receiver { return &registry{router: rt} }, "registry", opts...)
+	return &Registry{engine: e, pid: pid, rt: rt}
 }
 
 // StopRegistry stops the registry and every replica actor, waiting at most a few seconds.
@@ -72,12 +90,6 @@ func StopRegistry(e *actor.Engine, pid *actor.PID) {
 // Receive handles the registry's messages.
 func (g *registry) Receive(c *actor.Context) {
 	switch m := c.Message().(type) {
-	case messages.Acquire:
-		m.Reply <- g.acquire(m.Model, m.Role, m.Not)
-	case messages.AcquirePair:
-		m.Reply <- g.acquirePair(m)
-	case messages.Release:
-		g.release(c, m)
 	case messages.Register:
 		g.register(c, m)
 	case messages.Deregister:
@@ -88,18 +100,18 @@ func (g *registry) Receive(c *actor.Context) {
 	case messages.StatusQuery:
 		m.Reply <- g.status(m.IncludeDown)
 	case messages.HealthReport:
-		if e := g.fromActor(c, m.URL); e != nil {
-			g.healthChanged(e, m)
+		if g.healthChanged(c, m) {
+			g.cfg.OnLeave(m.URL)
 		}
 	case messages.ReplicaExpired:
-		if g.fromActor(c, m.URL) != nil {
+		if g.fromCurrentActor(c, m.URL) {
 			g.remove(c, m.URL, "expired from the down list")
 		}
 	}
 }
 
 // fromActor returns the entry of url if the message came from its current replica actor: a report
-// from the actor of an earlier registration of the same URL is stale.
+// from the actor of an earlier registration of the same URL is stale. The caller holds st.mu.
 func (g *registry) fromActor(c *actor.Context, url string) *entry {
 	e := g.st.entries[url]
 	if e == nil || c.Sender() == nil || !c.Sender().Equals(e.pid) {
@@ -108,43 +120,50 @@ func (g *registry) fromActor(c *actor.Context, url string) *entry {
 	return e
 }
 
+// fromCurrentActor reports whether the message came from url's current replica actor.
+func (g *registry) fromCurrentActor(c *actor.Context, url string) bool {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	return g.fromActor(c, url) != nil
+}
+
 // acquire selects a replica and counts the request on it, in one step.
-func (g *registry) acquire(model string, role messages.Role, not string) messages.Acquired {
-	e, status := g.choose(model, role, not)
+func (rt router) acquire(model string, role messages.Role, not string) messages.Acquired {
+	e, status := rt.choose(model, role, not)
 	if e == nil {
 		return messages.Acquired{Status: status}
 	}
-	return messages.Acquired{Lease: g.take(e)}
+	return messages.Acquired{Lease: rt.take(e)}
 }
 
 // acquirePair selects a Prefill and a Decode replica for one DistServe request: both or neither.
-func (g *registry) acquirePair(m messages.AcquirePair) messages.AcquiredPair {
+func (rt router) acquirePair(model string, noPrefill bool) messages.AcquiredPair {
 	var p *entry
-	if !m.NoPrefill {
+	if !noPrefill {
 		var status messages.AcquireStatus
-		if p, status = g.choose(m.Model, messages.Prefill, ""); p == nil {
+		if p, status = rt.choose(model, messages.Prefill, ""); p == nil {
 			return messages.AcquiredPair{Status: status, Missing: messages.Prefill}
 		}
 	}
-	d, status := g.choose(m.Model, messages.Decode, "")
+	d, status := rt.choose(model, messages.Decode, "")
 	if d == nil {
 		return messages.AcquiredPair{Status: status, Missing: messages.Decode}
 	}
-	out := messages.AcquiredPair{Decode: g.take(d)}
+	out := messages.AcquiredPair{Decode: rt.take(d)}
 	if p != nil {
-		out.Prefill = g.take(p)
+		out.Prefill = rt.take(p)
 	}
 	return out
 }
 
 // choose filters the routable replicas of role serving model (leaving out not) and runs the strategy.
-func (g *registry) choose(model string, role messages.Role, not string) (*entry, messages.AcquireStatus) {
-	all := g.st.byModel[model]
+func (rt router) choose(model string, role messages.Role, not string) (*entry, messages.AcquireStatus) {
+	all := rt.st.byModel[model]
 	if len(all) == 0 {
 		return nil, messages.UnknownModel
 	}
 	var now time.Time
-	cands, picks := g.st.cands[:0], g.st.picks[:0]
+	cands, picks := rt.st.cands[:0], rt.st.picks[:0]
 	for _, e := range all {
 		if e.reg.Role != role || e.health != messages.HealthHealthy || e.reg.URL == not {
 			continue
@@ -160,110 +179,179 @@ func (g *registry) choose(model string, role messages.Role, not string) (*entry,
 		cands = append(cands, routing.Candidate{URL: e.reg.URL, Unfinished: e.unfinished, Speed: e.reg.Speed, Latency: e.window})
 		picks = append(picks, e)
 	}
-	g.st.cands, g.st.picks = cands, picks
+	rt.st.cands, rt.st.picks = cands, picks
 	if len(cands) == 0 {
 		return nil, messages.NoRoutableReplica
 	}
-	return picks[g.cfg.Strategy.Select(cands)], messages.AcquireOK
+	return picks[rt.cfg.Strategy.Select(cands)], messages.AcquireOK
 }
 
 // take counts one request in flight on e.
-func (g *registry) take(e *entry) messages.Lease {
+func (rt router) take(e *entry) messages.Lease {
 	e.unfinished++
 	if e.circuitOpen {
-		e.trialUntil = time.Now().Add(g.cfg.CircuitCooldown)
+		e.trialUntil = time.Now().Add(rt.cfg.CircuitCooldown)
 	}
 	return messages.Lease{URL: e.reg.URL, Gen: e.gen}
 }
 
+// releaseNote is what one release has to log, as a set of flags: the caller logs it once it has
+// unlocked, so that no request waits on the log's writer.
+type releaseNote uint8
+
+const (
+	noteMiscount      releaseNote = 1 << iota // a release without a matching acquire
+	noteCircuitClosed                         // the replica answered again
+	noteCircuitOpened                         // requests to the replica are failing
+)
+
 // release ends one request: the in-flight count falls, the latency window and the breaker learn the
 // outcome.
-func (g *registry) release(c *actor.Context, m messages.Release) {
-	e := g.st.entries[m.URL]
-	if e == nil || e.gen != m.Gen {
-		return // the registration ended; its count went with it
+func (rt router) release(l messages.Lease, o messages.Outcome, elapsed time.Duration) releaseNote {
+	e := rt.st.entries[l.URL]
+	if e == nil || e.gen != l.Gen {
+		return 0 // the registration ended; its count went with it
 	}
+	var note releaseNote
 	if e.unfinished == 0 {
-		g.cfg.Log.WithField("replica", m.URL).Error("release without a matching acquire: in-flight count kept at 0")
+		note |= noteMiscount
 	} else {
 		e.unfinished--
 	}
 	switch {
-	case m.Outcome == messages.OK || m.Outcome == messages.Rejected:
+	case o == messages.OK || o == messages.Rejected:
 		e.passiveFails, e.trialUntil = 0, time.Time{}
 		if e.circuitOpen {
 			e.circuitOpen = false
-			g.cfg.Log.WithField("replica", m.URL).Info("circuit closed: the replica answers again")
+			note |= noteCircuitClosed
 		}
-		if m.Outcome == messages.OK {
-			e.recordLatency(m.Elapsed)
+		if o == messages.OK {
+			e.recordLatency(elapsed)
 		}
-	case m.Outcome.CountsAgainstReplica():
+	case o.CountsAgainstReplica():
 		e.passiveFails++
-		if m.Outcome == messages.DialError || e.passiveFails >= g.cfg.PassiveFailures || e.circuitOpen {
+		if o == messages.DialError || e.passiveFails >= rt.cfg.PassiveFailures || e.circuitOpen {
 			if !e.circuitOpen {
-				g.cfg.Log.WithFields(logrus.Fields{"replica": m.URL, "outcome": m.Outcome.String()}).
-					Warn("circuit opened: requests to the replica are failing")
+				note |= noteCircuitOpened
 			}
-			e.circuitOpen, e.openUntil, e.trialUntil = true, time.Now().Add(g.cfg.CircuitCooldown), time.Time{}
+			e.circuitOpen, e.openUntil, e.trialUntil = true, time.Now().Add(rt.cfg.CircuitCooldown), time.Time{}
 		}
+	}
+	return note
+}
+
+// log writes what a release of url with outcome o noted.
+func (n releaseNote) log(log logrus.FieldLogger, url string, o messages.Outcome) {
+	if n&noteMiscount != 0 {
+		log.WithField("replica", url).Error("release without a matching acquire: in-flight count kept at 0")
+	}
+	if n&noteCircuitClosed != 0 {
+		log.WithField("replica", url).Info("circuit closed: the replica answers again")
+	}
+	if n&noteCircuitOpened != 0 {
+		log.WithFields(logrus.Fields{"replica": url, "outcome": o.String()}).
+			Warn("circuit opened: requests to the replica are failing")
 	}
 }
 
-// register adds a replica or replaces its registration, keeping its counters.
+// register adds a replica or replaces its registration, keeping its counters. A replacement first
+// stops the old replica actor, unlocked: requests keep routing to the old registration meanwhile.
 func (g *registry) register(c *actor.Context, m messages.Register) {
 	if m.Health == "" {
 		m.Health = messages.HealthUnknown
 	}
-	e := g.st.entries[m.Reg.URL]
-	if e == nil {
-		g.st.nextGen++
-		e = &entry{gen: g.st.nextGen}
-		g.st.entries[m.Reg.URL] = e
-		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
-			Info("replica added")
-	} else {
-		g.stopActor(c, e.pid)
-		g.cfg.Log.WithFields(logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}).
-			Info("replica registration replaced")
+	fields := logrus.Fields{"replica": m.Reg.URL, "role": m.Reg.Role.String(), "models": m.Reg.Models}
+	if old := g.replicaActor(m.Reg.URL); old != nil {
+		g.stopActor(c, old)
+		g.cfg.Log.WithFields(fields).Info("replica registration replaced")
 		g.cfg.OnLeave(m.Reg.URL)
+	} else {
+		g.cfg.Log.WithFields(fields).Info("replica added")
 	}
-	e.reg = m.Reg
-	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
-	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
-	e.pid = c.SpawnChild(newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health), "replica",
-		append(restartOpts(), actor.WithID(strconv.FormatUint(g.st.nextGen, 10)),
+	id, regs := g.upsert(m)
+	pid := c.SpawnChild(newReplica(g.cfg, c.PID(), m.Reg.URL, m.Health), "replica",
+		append(restartOpts(), actor.WithID(strconv.FormatUint(id, 10)),
 			actor.WithMiddleware(g.cfg.ReplicaMiddleware...))...)
-	g.reindex(c)
+	g.setReplicaActor(m.Reg.URL, pid)
+	g.cfg.OnChange(regs)
 	if m.Reply != nil {
 		close(m.Reply)
 	}
 }
 
+// replicaActor returns the replica actor of url, nil if url is not registered.
+func (g *registry) replicaActor(url string) *actor.PID {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	if e := g.st.entries[url]; e != nil {
+		return e.pid
+	}
+	return nil
+}
+
+// upsert applies m to the state in one step, so no request sees the new registration under the old
+// model index: it adds or updates the entry and reindexes. It returns the ID for the new replica
+// actor and the registrations for OnChange.
+func (g *registry) upsert(m messages.Register) (actorID uint64, regs []messages.Registration) {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	e := g.st.entries[m.Reg.URL]
+	if e == nil {
+		g.st.nextGen++
+		e = &entry{gen: g.st.nextGen}
+		g.st.entries[m.Reg.URL] = e
+	}
+	e.reg = m.Reg
+	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
+	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
+	return g.st.nextGen, g.reindex()
+}
+
+// setReplicaActor records pid as the replica actor of url, whose reports are the current ones.
+func (g *registry) setReplicaActor(url string, pid *actor.PID) {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	g.st.entries[url].pid = pid
+}
+
 // remove forgets url and stops its replica actor; it reports whether url was registered.
 func (g *registry) remove(c *actor.Context, url, why string) bool {
-	e := g.st.entries[url]
-	if e == nil {
+	pid, unfinished, regs, ok := g.forget(url)
+	if !ok {
 		return false
 	}
-	delete(g.st.entries, url)
 	g.cfg.OnLeave(url)
-	g.stopActor(c, e.pid)
-	g.reindex(c)
-	g.cfg.Log.WithFields(logrus.Fields{"replica": url, "unfinished": e.unfinished}).Info("replica " + why)
+	g.stopActor(c, pid)
+	g.cfg.OnChange(regs)
+	g.cfg.Log.WithFields(logrus.Fields{"replica": url, "unfinished": unfinished}).Info("replica " + why)
 	return true
 }
 
+// forget takes url out of the state in one step, so no request is routed to it from then on and its
+// late releases are ignored. It returns url's replica actor, its in-flight count, the registrations
+// for OnChange, and whether url was registered.
+func (g *registry) forget(url string) (pid *actor.PID, unfinished int, regs []messages.Registration, ok bool) {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	e := g.st.entries[url]
+	if e == nil {
+		return nil, 0, nil, false
+	}
+	delete(g.st.entries, url)
+	return e.pid, e.unfinished, g.reindex(), true
+}
+
 // stopActor stops one replica actor and waits for it, once: poisoning a PID twice, or a parent
-// poisoning a child that is still stopping, hangs in hollywood v1.0.5.
+// poisoning a child that is still stopping, hangs in hollywood v1.0.5. The caller must not hold st.mu.
 func (g *registry) stopActor(c *actor.Context, pid *actor.PID) {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	<-c.Engine().PoisonCtx(ctx, pid).Done()
 }
 
-// reindex rebuilds the model index and tells OnChange the new set of registrations.
-func (g *registry) reindex(c *actor.Context) {
+// reindex rebuilds the model index and returns the new set of registrations, sorted by URL, for
+// OnChange. The caller holds st.mu.
+func (g *registry) reindex() []messages.Registration {
 	byModel := map[string][]*entry{}
 	regs := make([]messages.Registration, 0, len(g.st.entries))
 	for _, e := range g.st.entries {
@@ -274,22 +362,31 @@ func (g *registry) reindex(c *actor.Context) {
 	}
 	g.st.byModel = byModel
 	slices.SortFunc(regs, func(a, b messages.Registration) int { return cmp.Compare(a.URL, b.URL) })
-	g.cfg.OnChange(regs)
+	return regs
 }
 
-// healthChanged applies a replica actor's report to the mirror used for routing.
-func (g *registry) healthChanged(e *entry, m messages.HealthReport) {
+// healthChanged applies a replica actor's report to the mirror used for routing. It reports whether
+// the replica just went down, for OnLeave.
+func (g *registry) healthChanged(c *actor.Context, m messages.HealthReport) (wentDown bool) {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
+	e := g.fromActor(c, m.URL)
+	if e == nil {
+		return false
+	}
 	if m.Health == messages.HealthDown && e.health != messages.HealthDown {
-		e.downSince = time.Now()
-		g.cfg.OnLeave(e.reg.URL)
+		e.downSince, wentDown = time.Now(), true
 	} else if m.Health != messages.HealthDown {
 		e.downSince = time.Time{}
 	}
 	e.health, e.failures = m.Health, m.Failures
+	return wentDown
 }
 
 // status lists the registered replicas sorted by URL; down ones only with includeDown.
 func (g *registry) status(includeDown bool) []messages.ReplicaStatus {
+	g.st.mu.Lock()
+	defer g.st.mu.Unlock()
 	now := time.Now()
 	out := make([]messages.ReplicaStatus, 0, len(g.st.entries))
 	for _, e := range g.st.entries {

@@ -78,8 +78,7 @@ func startLimited(t *testing.T, limits serverLimits, replicas ...string) *limite
 	e, err := actor.NewEngine(actor.NewEngineConfig())
 	require.NoError(t, err)
 	log, hook := logtest.NewNullLogger()
-	pid := actors.SpawnRegistry(e, actors.Config{HealthInterval: time.Hour, Log: log})
-	reg := actors.NewRegistry(e, pid)
+	reg := actors.SpawnRegistry(e, actors.Config{HealthInterval: time.Hour, Log: log})
 	s := New(Config{Log: log}, reg)
 	s.limits = limits
 	require.NoError(t, s.Open("127.0.0.1:0"))
@@ -87,7 +86,7 @@ func startLimited(t *testing.T, limits serverLimits, replicas ...string) *limite
 		ctx, cancel := context.WithTimeout(context.Background(), limitWait)
 		defer cancel()
 		s.Close(ctx)
-		actors.StopRegistry(e, pid)
+		actors.StopRegistry(e, reg.PID())
 	})
 	for _, u := range replicas {
 		require.NoError(t, reg.Register(context.Background(),

@@ -25,59 +25,37 @@ type Deregister struct {
 	Reply chan<- bool
 }
 
-// Acquire asks for a replica of Role serving Model, and counts one request in flight on it in the same
-// step, so a burst of requests spreads out instead of herding onto the replica that looked idle.
-type Acquire struct {
-	Model string
-	Role  Role
-	Not   string // a URL to leave out (the replica a retried request just failed on)
-	Reply chan<- Acquired
-}
-
-// AcquirePair asks for a Prefill and a Decode replica of Model in one step (DistServe). With NoPrefill
-// only the Decode replica is chosen.
-type AcquirePair struct {
-	Model     string
-	NoPrefill bool
-	Reply     chan<- AcquiredPair
-}
-
-// AcquireStatus says why an Acquire got no replica.
+// AcquireStatus says why an acquire got no replica.
 type AcquireStatus int
 
-// The answers to an Acquire.
+// The answers to an acquire.
 const (
 	AcquireOK         AcquireStatus = iota // a replica was chosen and counted
 	UnknownModel                           // no registered replica declares the model
 	NoRoutableReplica                      // the model is known but no replica of the role can take it now
 )
 
-// Lease is one request counted in flight on one replica; Release it exactly once.
+// Lease is one request counted in flight on one replica; release it exactly once. The registry chooses
+// the replica and counts the request in one step, so a burst of requests spreads out instead of
+// herding onto the replica that looked idle.
 type Lease struct {
 	URL string
 	Gen uint64 // the registration generation, so a release after remove and re-add is not miscounted
 }
 
-// Acquired answers Acquire.
+// Acquired is what acquiring one replica returns.
 type Acquired struct {
 	Lease
 	Status AcquireStatus
 }
 
-// AcquiredPair answers AcquirePair; Prefill is empty under NoPrefill. Status names the first role that
-// could not be served, in Missing.
+// AcquiredPair is what acquiring a DistServe pair returns; Prefill is empty when no Prefill replica
+// was asked for. Status names the first role that could not be served, in Missing.
 type AcquiredPair struct {
 	Prefill Lease
 	Decode  Lease
 	Status  AcquireStatus
 	Missing Role
-}
-
-// Release ends one request counted by Acquire: it always follows, on every path.
-type Release struct {
-	Lease
-	Outcome Outcome
-	Elapsed time.Duration // dispatch to end of response
 }
 
 // StatusQuery asks for every registered replica; with IncludeDown the evicted ones too.

@@ -1,5 +1,6 @@
 // Package messages holds the messages that the registry, replica and DistServe link actors exchange
-// with each other and with the HTTP layer. Each is a plain value: actors never share mutable state.
+// with each other and with the HTTP layer, and the leases and outcomes of the requests the HTTP layer
+// routes through the registry. Each is a plain value.
 package messages
 
 import (

@@ -60,7 +60,7 @@ type LoadSimResult struct {
 	Churn      ChurnCounts
 	Replicas   int // registered at the end, down ones included
 	Elapsed    time.Duration
-	AcquireP99 time.Duration // of one Acquire round trip, sampled
+	AcquireP99 time.Duration // of one Acquire call, sampled
 }
 
 // simModels are the models the simulated replicas serve.
@@ -145,7 +145,7 @@ func (s *loadSim) failures() []error {
 	return append([]error(nil), s.errs...)
 }
 
-// work runs cycles while the run needs more; it returns a sample of its Acquire round trips.
+// work runs cycles while the run needs more; it returns a sample of its Acquire calls' durations.
 func (s *loadSim) work(ctx context.Context, rng *rand.Rand) []time.Duration {
 	var sample []time.Duration
 	// A cycle is claimed before it starts, so that the workers do exactly cfg.Cycles in all.
@@ -176,7 +176,7 @@ func (s *loadSim) work(ctx context.Context, rng *rand.Rand) []time.Duration {
 }
 
 // lease acquires, with a new random request each time, until a replica can serve; it samples one
-// round trip in 64.
+// call in 64.
 func (s *loadSim) lease(ctx context.Context, rng *rand.Rand, sample *[]time.Duration) ([]messages.Lease, error) {
 	for {
 		t0 := time.Now()

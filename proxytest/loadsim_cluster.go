@@ -20,7 +20,6 @@ import (
 // and the benchmarks.
 type simCluster struct {
 	e     *actor.Engine
-	pid   *actor.PID
 	reg   *actors.Registry
 	probe *simProbe
 	errs  *errorCounter
@@ -37,14 +36,14 @@ func startSimCluster(healthInterval time.Duration, n int) (*simCluster, error) {
 	errs := &errorCounter{}
 	log.AddHook(errs)
 	probe := &simProbe{failing: map[string]bool{}}
-	pid := actors.SpawnRegistry(e, actors.Config{
+	reg := actors.SpawnRegistry(e, actors.Config{
 		HealthInterval:  healthInterval,
 		HealthTimeout:   time.Second,
 		CircuitCooldown: time.Millisecond, // breakers open and close all through the run
 		Probe:           probe.probe,
 		Log:             log,
 	})
-	c := &simCluster{e: e, pid: pid, reg: actors.NewRegistry(e, pid), probe: probe, errs: errs}
+	c := &simCluster{e: e, reg: reg, probe: probe, errs: errs}
 	for i := range n {
 		if err := c.reg.Register(context.Background(), simRegistration(i, 0), messages.HealthHealthy); err != nil {
 			c.stop()
@@ -55,7 +54,7 @@ func startSimCluster(healthInterval time.Duration, n int) (*simCluster, error) {
 }
 
 func (c *simCluster) stop() {
-	actors.StopRegistry(c.e, c.pid)
+	actors.StopRegistry(c.e, c.reg.PID())
 }
 
 // simURL names replica i.

@@ -80,7 +80,7 @@ func TestLoadSimCheckCatchesBrokenInvariants(t *testing.T) {
 	}
 }
 
-// BenchmarkRegistryAcquireRelease measures one request's two actor operations — acquire a Hybrid
+// BenchmarkRegistryAcquireRelease measures one request's two registry operations — acquire a Hybrid
 // replica of a random model among 100 replicas, release it with OK — from many goroutines at once,
 // as HTTP handlers call them.
 func BenchmarkRegistryAcquireRelease(b *testing.B) {

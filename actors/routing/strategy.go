@@ -6,8 +6,8 @@
 // and only then asks the strategy to choose. A strategy is therefore one pure
 // method over a snapshot, in the manner of Caddy's Selector.
 //
-// Strategies run inside the registry actor's single-threaded Receive, so they
-// hold no locks and use no atomics. Each keeps its own *rand.Rand instead of
+// Strategies run under the registry's lock, one call at a time, so they hold
+// no locks of their own and use no atomics. Each keeps its own *rand.Rand instead of
 // the package-level source, so tests can seed it and assert exact outcomes.
 package routing
 
