@@ -6,7 +6,7 @@ package h1
 // a write to it fails.
 type hangups struct{}
 
-func newHangups() *hangups                      { return nil }
+func newHangups() *hangups                     { return nil }
 func (h *hangups) watch(c *conn, fd int) int32 { return 0 }
-func (h *hangups) forget(id int32, fd int)      {}
-func (h *hangups) close()                       {}
+func (h *hangups) forget(id int32, fd int)     {}
+func (h *hangups) close()                      {}

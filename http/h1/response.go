@@ -22,8 +22,8 @@ type response struct {
 	header http.Header
 
 	status      int
-	wroteHeader bool  // the status is decided
-	committed   bool  // the status line and headers are in the write buffer
+	wroteHeader bool // the status is decided
+	committed   bool // the status line and headers are in the write buffer
 	pending     *[]byte
 	clen        int64 // the declared Content-Length, or -1
 	written     int64
