@@ -154,7 +154,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	if flush && fl != nil {
 		fl.FlushError() // headers leave now, not with a slow first token
 	}
-	rerr, werr := copyBody(t, fl, resp.Body, flush)
+	var rerr, werr error
+	atBoundary, relayed := true, false
+	if flush {
+		rerr, werr, atBoundary, relayed = s.relayBody(ctx, t, resp)
+	}
+	if !relayed {
+		rerr, werr = copyBody(t, fl, resp.Body, flush)
+	}
 
 	res := forwardResult{outcome: statusOutcome(resp.StatusCode)}
 	switch {
@@ -167,7 +174,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 			status, msg = http.StatusGatewayTimeout, "the replica did not finish within the upstream timeout"
 			res.outcome = messages.Timeout
 		}
-		if sse && resp.StatusCode < 300 {
+		if sse && resp.StatusCode < 300 && atBoundary {
 			t.Write(sseErrorEvent(status, msg))
 			if fl != nil {
 				fl.FlushError()

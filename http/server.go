@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/lmproxy/lmproxy/actors"
 	"github.com/lmproxy/lmproxy/http/h1"
+	"github.com/lmproxy/lmproxy/http/relay"
 	"github.com/lmproxy/lmproxy/metrics"
 )
 
@@ -50,8 +52,9 @@ type Server struct {
 	// milliseconds instead of waiting out the real ones.
 	limits serverLimits
 
-	ln  net.Listener
-	srv *h1.Server
+	ln    net.Listener
+	srv   *h1.Server
+	relay *relay.Relay // nil: streams are copied by their handlers' goroutines
 }
 
 // serverLimits are the listener's own bounds on a client connection.
@@ -126,6 +129,7 @@ func (s *Server) Open(addr string) error {
 		return err
 	}
 	s.ln = ln
+	s.relay = relay.New(runtime.GOMAXPROCS(0))
 	// h1, not net/http's server: one goroutine and no buffer per waiting stream (docs/performance.md).
 	// There is no write timeout: it would cut every long stream.
 	s.srv = &h1.Server{
@@ -155,6 +159,9 @@ func (s *Server) Close(ctx context.Context) error {
 		if err = s.srv.Shutdown(ctx); err != nil {
 			s.srv.Close()
 		}
+	}
+	if s.relay != nil {
+		s.relay.Close()
 	}
 	s.upstream.close()
 	s.admin.CloseIdleConnections()

@@ -1,11 +1,12 @@
 package http
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/lmproxy/lmproxy/http/relay"
 )
 
 // A stream's buffer is held for the stream's whole life, so it is small: a read returns what the
@@ -57,7 +58,7 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 				t.ttft = time.Since(t.start)
 			}
 			if flush {
-				t.events += countEvents(buf[:n], &last)
+				t.events += relay.CountEvents(buf[:n], &last)
 			}
 			if _, werr = t.Write(buf[:n]); werr != nil {
 				return nil, werr
@@ -75,26 +76,4 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 			return err, nil
 		}
 	}
-}
-
-// countEvents counts SSE event ends ("\n\n") in b, given the byte that came before it.
-func countEvents(b []byte, last *byte) int {
-	n := 0
-	prev := *last
-	for {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			break
-		}
-		if i == 0 && prev == '\n' {
-			n++
-		}
-		prev = '\n'
-		b = b[i+1:]
-	}
-	if len(b) > 0 {
-		prev = b[len(b)-1]
-	}
-	*last = prev
-	return n
 }

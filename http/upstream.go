@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/lmproxy/lmproxy/http/h1"
 )
 
 // upstream is the one connection pool that every request to a replica goes through. It is a small
@@ -46,7 +48,10 @@ const (
 )
 
 // requestWriters buffer one request's head and body while it is written.
-var requestWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+var (
+	requestWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	upReaders      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+)
 
 // upConn is one connection to a replica. It has no write buffer of its own: a request is written
 // through a pooled one, so an open stream holds only its read buffer.
@@ -55,6 +60,7 @@ type upConn struct {
 	key    string
 	host   *hostConns
 	br     *bufio.Reader
+	fd     int // the socket's descriptor, for the relay; -1 under TLS
 	reused bool
 	idleAt time.Time
 	global bool // holds a place under --max-conns
@@ -134,7 +140,7 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, req *http.Request) (
 	if err != nil {
 		return fail(err)
 	}
-	resp, err := http.ReadResponse(c.br, req)
+	resp, err := http.ReadResponse(c.reader(), req)
 	if err != nil {
 		return fail(err)
 	}
@@ -237,7 +243,7 @@ func (u *upstream) host(key string) *hostConns {
 // closes idle keep-alive connections after 5 s). One non-blocking peek: a read that would block
 // means open. A TLS connection is not peeked; a stale one is retried on a fresh connection instead.
 func (c *upConn) alive() bool {
-	if c.br.Buffered() > 0 {
+	if c.br != nil && c.br.Buffered() > 0 {
 		return false // bytes nobody asked for: the connection is out of step
 	}
 	sc, ok := c.Conn.(syscall.Conn)
@@ -308,8 +314,25 @@ func (u *upstream) dial(ctx context.Context, key string, target interface{ Hostn
 		return nil, &dialError{err}
 	}
 	c.Conn = conn
-	c.br = bufio.NewReaderSize(conn, readBufferSize)
+	c.fd = h1.SocketFD(conn)
 	return c, nil
+}
+
+// reader returns the connection's read buffer, from the pool if it has none.
+func (c *upConn) reader() *bufio.Reader {
+	if c.br == nil {
+		c.br = upReaders.Get().(*bufio.Reader)
+		c.br.Reset(c.Conn)
+	}
+	return c.br
+}
+
+// dropReader gives the read buffer back while the connection does not need it: during a relayed
+// stream, whose bytes the relay reads from the socket itself. It must be empty.
+func (c *upConn) dropReader() {
+	c.br.Reset(nil)
+	upReaders.Put(c.br)
+	c.br = nil
 }
 
 // put keeps a connection whose exchange ended cleanly: for a request waiting for one, or for the

@@ -74,10 +74,9 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	if h := c.s.hangups; h != nil {
-		if c.fd = fdOf(c.raw); c.fd >= 0 {
-			c.watchID = h.watch(c, c.fd)
-		}
+	c.fd = SocketFD(c.raw)
+	if h := c.s.hangups; h != nil && c.fd >= 0 {
+		c.watchID = h.watch(c, c.fd)
 	}
 	wait := c.s.ReadHeaderTimeout // for the first request, waiting is part of its head's time
 	for {
@@ -292,8 +291,8 @@ func (c *conn) releaseWriter() {
 	c.bw = nil
 }
 
-// fdOf returns the file descriptor of a TCP connection, or -1.
-func fdOf(nc net.Conn) int {
+// SocketFD returns the file descriptor of a plain socket connection, or -1 (for TLS, say).
+func SocketFD(nc net.Conn) int {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return -1

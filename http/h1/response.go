@@ -29,6 +29,8 @@ type response struct {
 	written     int64
 	chunked     bool
 	closeAfter  bool
+	rawEnded    bool // the body's end was written through RawChunked's socket
+	rawBroken   bool // raw writing stopped inside a chunk: the answer cannot be ended
 	werr        error
 }
 
@@ -232,7 +234,7 @@ func (w *response) finish() error {
 		}
 		w.commit()
 	}
-	if w.chunked && w.werr == nil {
+	if w.chunked && w.werr == nil && !w.rawEnded && !w.rawBroken {
 		w.c.writer().WriteString("0\r\n\r\n")
 	}
 	if w.clen >= 0 && w.written < w.clen && w.req.Method != http.MethodHead {
@@ -243,6 +245,32 @@ func (w *response) finish() error {
 	}
 	w.release()
 	return w.werr
+}
+
+// RawChunked hands the client's socket to a caller that writes the rest of this chunked answer's
+// body to it directly, chunk framing included (a relay from a replica's chunked body). Headers and
+// what was written before are flushed first. It returns -1 when the answer is not chunked or the
+// connection is not a plain TCP socket (TLS); the caller then uses Write. After a socket was
+// returned, call RawDone before anything else.
+func (w *response) RawChunked() int {
+	if err := w.FlushError(); err != nil || !w.chunked || w.c.tls != nil || w.c.fd < 0 {
+		return -1
+	}
+	return w.c.fd
+}
+
+// RawDone tells the answer how raw writing ended: written bytes went out; ended means the body's
+// last chunk and trailer did too, so nothing follows; otherwise atBoundary means the client got
+// whole chunks only and the answer may go on through Write, and neither means the answer is cut
+// inside a chunk and the connection is closed after the handler.
+func (w *response) RawDone(written int64, ended, atBoundary bool) {
+	w.written += written
+	switch {
+	case ended:
+		w.rawEnded = true
+	case !atBoundary:
+		w.rawBroken, w.closeAfter = true, true
+	}
 }
 
 // release gives back the buffers the answer holds.

@@ -1,0 +1,262 @@
+//go:build linux
+
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/lmproxy/lmproxy/http/relay"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// wait bounds every wait of these tests.
+const wait = 5 * time.Second
+
+// pair is a connected TCP pair: near is the proxy's end (its descriptor is relayed), far the
+// peer's (a replica or a client).
+type pair struct {
+	near, far net.Conn
+	fd        int
+}
+
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	far, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	near, err := ln.Accept()
+	require.NoError(t, err)
+	rc, err := near.(syscall.Conn).SyscallConn()
+	require.NoError(t, err)
+	p := &pair{near: near, far: far}
+	rc.Control(func(fd uintptr) { p.fd = int(fd) })
+	t.Cleanup(func() { near.Close(); far.Close() })
+	return p
+}
+
+func newRelay(t *testing.T) *relay.Relay {
+	t.Helper()
+	r := relay.New(2)
+	require.NotNil(t, r)
+	t.Cleanup(r.Close)
+	return r
+}
+
+func event(i int) string { return fmt.Sprintf("data: {\"i\":%d}\n\n", i) }
+
+func chunkOf(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+
+// run relays from up to client in a goroutine and returns its result's channel.
+func run(ctx context.Context, r *relay.Relay, up, client *pair, head []byte) <-chan relay.Result {
+	out := make(chan relay.Result, 1)
+	go func() {
+		res, ok := r.Run(ctx, up.fd, client.fd, head)
+		if !ok {
+			res.UpErr = fmt.Errorf("relay closed")
+		}
+		out <- res
+	}()
+	return out
+}
+
+func result(t *testing.T, ch <-chan relay.Result) relay.Result {
+	t.Helper()
+	select {
+	case res := <-ch:
+		return res
+	case <-time.After(wait):
+		t.Fatal("the relay did not end")
+		return relay.Result{}
+	}
+}
+
+// A stream is passed through byte for byte, each event as soon as the replica sends it, from the
+// bytes already read with the headers to the last chunk; it ends exactly at the body's end, so
+// the replica's connection can be reused.
+func TestRelayPassesAStreamThroughEventByEvent(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	head := chunkOf(event(0))[:7] // part of the first chunk came with the headers
+	ch := run(context.Background(), r, up, client, []byte(head))
+
+	var want strings.Builder
+	want.WriteString(head)
+	io.WriteString(up.far, chunkOf(event(0))[7:])
+	want.WriteString(chunkOf(event(0))[7:])
+	got := make([]byte, 0, 4096)
+	buf := make([]byte, 4096)
+	for i := 1; i <= 20; i++ {
+		// Each event reaches the client before the next is sent.
+		for len(got) < want.Len() {
+			client.far.SetReadDeadline(time.Now().Add(wait))
+			n, err := client.far.Read(buf)
+			require.NoError(t, err)
+			got = append(got, buf[:n]...)
+		}
+		require.Equal(t, want.String(), string(got))
+		c := chunkOf(event(i))
+		io.WriteString(up.far, c)
+		want.WriteString(c)
+	}
+	io.WriteString(up.far, "0\r\n\r\n")
+	want.WriteString("0\r\n\r\n")
+	res := result(t, ch)
+	require.True(t, res.Ended)
+	require.True(t, res.Reusable)
+	require.Equal(t, 21, res.Events)
+	require.Equal(t, int64(want.Len()), res.Written)
+	require.False(t, res.FirstByte.IsZero())
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	rest := make([]byte, want.Len()-len(got))
+	_, err := io.ReadFull(client.far, rest)
+	require.NoError(t, err)
+	require.Equal(t, want.String(), string(got)+string(rest))
+
+	// Nothing of the replica's connection was read past the body: the next answer is intact.
+	io.WriteString(up.far, "HTTP/1.1 200 OK\r\n")
+	up.near.SetReadDeadline(time.Now().Add(wait))
+	next := make([]byte, 17)
+	_, err = io.ReadFull(up.near, next)
+	require.NoError(t, err)
+	require.Equal(t, "HTTP/1.1 200 OK\r\n", string(next))
+}
+
+// A replica that fails between two chunks leaves the client at a boundary (an error event can
+// follow); one that fails inside a chunk does not.
+func TestRelayReplicaFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		sent       string
+		atBoundary bool
+	}{
+		{"between chunks", chunkOf(event(0)), true},
+		{"inside a chunk", chunkOf(event(0))[:9], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRelay(t)
+			up, client := newPair(t), newPair(t)
+			ch := run(context.Background(), r, up, client, nil)
+			io.WriteString(up.far, tc.sent)
+			client.far.SetReadDeadline(time.Now().Add(wait))
+			got := make([]byte, len(tc.sent))
+			_, err := io.ReadFull(client.far, got)
+			require.NoError(t, err)
+			up.far.Close()
+			res := result(t, ch)
+			require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed)
+			require.False(t, res.Ended)
+			require.False(t, res.Reusable)
+			require.Equal(t, tc.atBoundary, res.AtBoundary)
+		})
+	}
+}
+
+// A cancelled context ends the relay at once, whatever the replica does.
+func TestRelayEndsWhenTheContextEnds(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := run(ctx, r, up, client, []byte(chunkOf(event(0))))
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	_, err := client.far.Read(make([]byte, 64))
+	require.NoError(t, err)
+	start := time.Now()
+	cancel()
+	res := result(t, ch)
+	require.Less(t, time.Since(start), time.Second)
+	require.True(t, res.Cancelled)
+	require.False(t, res.Reusable)
+	require.True(t, res.AtBoundary)
+}
+
+// A client that hung up is noticed at the next write.
+func TestRelayNoticesAClientThatLeft(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	ch := run(context.Background(), r, up, client, nil)
+	client.far.(*net.TCPConn).SetLinger(0)
+	client.far.Close() // a reset: the next write fails
+	deadline := time.Now().Add(wait)
+	var res relay.Result
+	for done := false; !done; {
+		require.True(t, time.Now().Before(deadline), "the relay did not notice")
+		io.WriteString(up.far, chunkOf(event(0)))
+		select {
+		case res = <-ch:
+			done = true
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	require.Error(t, res.ClientErr)
+	require.False(t, res.Reusable)
+}
+
+// A client that does not read slows its replica down: the relay stops reading from the replica
+// instead of buffering, and everything arrives once the client reads again.
+func TestRelaySlowClientPushesBackOnTheReplica(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	ch := run(context.Background(), r, up, client, nil)
+	data := bytes.Repeat([]byte("x"), 64<<10)
+	var want bytes.Buffer
+	writerDone := make(chan error, 1)
+	go func() {
+		for i := 0; i < 400; i++ { // 25 MiB: more than both sockets' buffers can hold
+			c := chunkOf(string(data))
+			if _, err := io.WriteString(up.far, c); err != nil {
+				writerDone <- err
+				return
+			}
+		}
+		_, err := io.WriteString(up.far, "0\r\n\r\n")
+		writerDone <- err
+	}()
+	for i := 0; i < 400; i++ {
+		want.WriteString(chunkOf(string(data)))
+	}
+	want.WriteString("0\r\n\r\n")
+	select {
+	case <-writerDone:
+		t.Fatal("the replica wrote everything while the client read nothing")
+	case <-time.After(200 * time.Millisecond):
+	}
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	got, err := io.ReadAll(io.LimitReader(client.far, int64(want.Len())))
+	require.NoError(t, err)
+	require.Equal(t, want.Len(), len(got))
+	require.True(t, bytes.Equal(want.Bytes(), got))
+	require.NoError(t, <-writerDone)
+	res := result(t, ch)
+	require.True(t, res.Ended)
+	require.Equal(t, int64(want.Len()), res.Written)
+}
+
+// Close ends running streams as cancelled; Run after Close refuses without touching the sockets.
+func TestRelayClose(t *testing.T) {
+	r := relay.New(1)
+	require.NotNil(t, r)
+	up, client := newPair(t), newPair(t)
+	ch := run(context.Background(), r, up, client, nil)
+	io.WriteString(up.far, chunkOf(event(0)))
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	_, err := client.far.Read(make([]byte, 64))
+	require.NoError(t, err)
+	r.Close()
+	require.True(t, result(t, ch).Cancelled)
+	_, ok := r.Run(context.Background(), up.fd, client.fd, nil)
+	require.False(t, ok)
+}
