@@ -43,6 +43,10 @@ type hostConns struct {
 const (
 	maxIdlePerHost = 4096             // thousands of streams each hold a connection; keep them for reuse
 	idleTimeout    = 90 * time.Second // an idle connection older than this is closed, not reused
+	// trustIdle: a connection idle for less is reused without the liveness peek (a system call per
+	// request): replicas close idle connections after seconds (uvicorn: 5 s), and a reused
+	// connection that fails before any answer is retried on a fresh one anyway.
+	trustIdle = time.Second
 	// readBufferSize holds an answer's head and a few SSE events; it lives as long as the connection.
 	readBufferSize = 2 << 10
 )
@@ -198,7 +202,7 @@ func (u *upstream) get(ctx context.Context, req *http.Request) (*upConn, error) 
 				return u.dial(ctx, key, req.URL, h)
 			}
 		}
-		if time.Since(c.idleAt) < idleTimeout && c.alive() {
+		if idle := time.Since(c.idleAt); idle < idleTimeout && (idle < trustIdle || c.alive()) {
 			c.reused = true
 			return c, nil
 		}
