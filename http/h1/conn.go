@@ -51,14 +51,17 @@ type conn struct {
 	fd      int
 	watchID int32
 
-	mu     sync.Mutex
-	state  connState
-	cancel context.CancelFunc // the running request's
-	gone   bool               // the client hung up
+	mu       sync.Mutex
+	state    connState
+	cancel   context.CancelFunc // the running request's
+	gone     bool               // the client hung up
+	aborted  bool               // Close cut the connection
+	served   bool               // it carried a request
+	accepted time.Time
 }
 
 func (s *Server) newConn(rwc net.Conn) *conn {
-	c := &conn{s: s, rwc: rwc, raw: rwc, remote: rwc.RemoteAddr().String(), fd: -1}
+	c := &conn{s: s, rwc: rwc, raw: rwc, remote: rwc.RemoteAddr().String(), fd: -1, accepted: time.Now()}
 	if s.TLSConfig != nil {
 		c.rwc = tls.Server(rwc, s.TLSConfig)
 	}
@@ -124,7 +127,11 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	if _, err := br.Peek(1); err != nil {
 		return false
 	}
-	if !c.setState(stateActive) {
+	c.mu.Lock()
+	ok := c.state != stateClosed
+	c.state, c.served = stateActive, true
+	c.mu.Unlock()
+	if !ok {
 		return false
 	}
 	if h := c.s.ReadHeaderTimeout; h > 0 {
@@ -158,10 +165,11 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 
 	c.mu.Lock()
 	c.cancel = nil
-	gone = c.gone
+	gone, aborted := c.gone, c.aborted
 	c.mu.Unlock()
 	cancel()
-	if !ok {
+	if !ok || aborted {
+		w.release()
 		return false
 	}
 	if err := w.finish(); err != nil || w.closeAfter || gone {
@@ -212,12 +220,17 @@ func (c *conn) setState(st connState) bool {
 // aLongTimeAgo is a deadline that wakes a blocked read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// newConnGrace is how long Shutdown lets a connection that has not sent its first request yet send
+// it (net/http's figure): it was accepted before the listener closed, and its client is about to
+// ask; closing it would fail a request that was never refused.
+const newConnGrace = 5 * time.Second
+
 // closeIfIdle ends the connection if it waits for a request. Only the connection's goroutine closes
 // the socket (after disarming its hang-up watch, so that a reused descriptor is never disarmed by
 // mistake); others wake it with a deadline in the past.
 func (c *conn) closeIfIdle() {
 	c.mu.Lock()
-	idle := c.state == stateIdle
+	idle := c.state == stateIdle && (c.served || time.Since(c.accepted) > newConnGrace)
 	if idle {
 		c.state = stateClosed
 	}
@@ -227,13 +240,16 @@ func (c *conn) closeIfIdle() {
 	}
 }
 
-// abort cancels the running request and wakes every blocked read and write, for Close.
+// abort cuts the connection for Close: blocked reads and writes fail, the running request is
+// cancelled, and its answer is not ended cleanly — a client must not take a cut stream for a whole
+// one. The deadline comes before the cancellation, so the handler cannot write an ending first.
 func (c *conn) abort() {
 	c.mu.Lock()
 	c.state = stateClosed
+	c.aborted = true
 	c.mu.Unlock()
-	c.hangUp()
 	c.raw.SetDeadline(aLongTimeAgo)
+	c.hangUp()
 }
 
 func (c *conn) close() {

@@ -30,7 +30,8 @@ type Server struct {
 	mu       sync.Mutex
 	ln       net.Listener
 	conns    map[*conn]struct{}
-	closing  bool
+	closing  bool // Shutdown or Close began
+	cut      bool // Close began
 	hangups  *hangups
 	serveErr chan struct{} // closed when Serve returned
 }
@@ -84,10 +85,13 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
+// track adds c to the connections Shutdown waits for. After Shutdown began, a connection the
+// listener had already accepted is still served (as net/http does): its client asked before the
+// refusal. After Close it is refused.
 func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.cut {
 		return false
 	}
 	s.conns[c] = struct{}{}
@@ -128,6 +132,7 @@ const closeWait = 5 * time.Second
 func (s *Server) Close() error {
 	s.beginClose()
 	s.mu.Lock()
+	s.cut = true
 	for c := range s.conns {
 		c.abort()
 	}
