@@ -362,6 +362,12 @@ var conformanceCases = []conformanceCase{
 		},
 	},
 	{name: "header without colon", req: "GET / HTTP/1.1\r\nHost: h\r\nNoColon\r\n\r\n", refused: true, status: []int{400}},
+	{name: "header name with space", req: "GET / HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n", refused: true, status: []int{400}},
+	{
+		name:    "Content-Length with a space before the colon",
+		req:     "POST /?body=ok HTTP/1.1\r\nHost: h\r\nContent-Length : 34\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		refused: true, status: []int{400},
+	},
 	{name: "header name with control byte", req: "GET / HTTP/1.1\r\nHost: h\r\nBad\x01Name: v\r\n\r\n", refused: true, status: []int{400}},
 	{name: "header value with control byte", req: "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x01b\r\n\r\n", refused: true, status: []int{400}},
 	{name: "header value with DEL", req: "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x7fb\r\n\r\n", refused: true, status: []int{400}},

@@ -66,7 +66,12 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 		return nil, nil, err
 	}
 	h := http.Header(mh)
-	for _, vv := range h {
+	for k, vv := range h {
+		if !validFieldName(k) {
+			// textproto lets a space through ("Content-Length : 5"): a name that is not the
+			// header a front end may take it for.
+			return nil, nil, badRequest("invalid header name")
+		}
 		for _, v := range vv {
 			if !validHeaderValue(v) {
 				return nil, nil, badRequest("invalid header value")
@@ -205,6 +210,9 @@ func validMethod(m string) bool {
 	}
 	return true
 }
+
+// validFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
+func validFieldName(k string) bool { return validMethod(k) }
 
 func isTokenByte(b byte) bool {
 	switch {
