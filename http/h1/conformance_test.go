@@ -300,6 +300,26 @@ var conformanceCases = []conformanceCase{
 		status: []int{200}, open: true,
 	},
 	{
+		name:   "chunked request body",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+		status: []int{200}, open: true,
+	},
+	{
+		name:   "chunked request body with trailers",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 42\r\nX-Other: a\r\n\r\n",
+		status: []int{200}, open: true,
+		// h1 reads a trailer section and drops it: Request.Trailer stays nil.
+		h1diff: func(o *observation) { o.Seen[0].Trailer = nil },
+	},
+	{
+		name:   "chunked request body with declared trailers",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+		status: []int{200}, open: true,
+		// h1 reads a trailer section and drops it: Request.Trailer stays nil, and the
+		// Trailer header stays in Request.Header (net/http moves it to Request.Trailer).
+		h1diff: func(o *observation) { o.Seen[0].Trailer = nil; o.Seen[0].Header.Set("Trailer", "X-Sum") },
+	},
+	{
 		name:   "HTTP/1.0",
 		req:    "GET /?body=old HTTP/1.0\r\n\r\n",
 		status: []int{200}, open: false,
@@ -348,6 +368,11 @@ var conformanceCases = []conformanceCase{
 	{name: "Content-Length empty", req: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n", refused: true, status: []int{400}},
 	{name: "Content-Length conflicting", req: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy", refused: true, status: []int{400}},
 	{name: "Content-Length too large", req: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n", refused: true, status: []int{400}},
+	{
+		name:   "Content-Length duplicated",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+		status: []int{200}, open: true,
+	},
 	{name: "Transfer-Encoding gzip", req: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", refused: true, status: []int{501}},
 	{name: "Transfer-Encoding gzip, chunked", req: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", refused: true, status: []int{501}},
 	{name: "Transfer-Encoding twice", req: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", refused: true, status: []int{501}},
@@ -477,6 +502,11 @@ var conformanceCases = []conformanceCase{
 		},
 	},
 	{
+		name:   "chunked request body of 1 MiB",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(string(textOf(1<<20)), 7000) + "0\r\n\r\n",
+		status: []int{200}, open: true,
+	},
+	{
 		name: "50 pipelined requests",
 		steps: []step{{
 			send:  strings.Repeat("GET /?body=again HTTP/1.1\r\nHost: h\r\n\r\nPOST /?size=100 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", 25),
@@ -533,11 +563,33 @@ var conformanceCases = []conformanceCase{
 		status: []int{200}, open: false,
 	},
 	{
+		name:   "small chunked body not read",
+		req:    "POST /?read=none&body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		status: []int{200}, open: false,
+		// h1 closes the connection after an answer that left a chunked body unread (it cannot
+		// tell cheaply how much is left); net/http reads up to 256 KiB of it to keep the
+		// connection.
+		h1diff: func(o *observation) { o.Answers[0].Close = true; o.Open = false },
+	},
+	{
+		name: "truncated chunked body",
+		steps: []step{{
+			send:       "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+			closeWrite: true, reads: []string{"POST"},
+		}},
+		status: []int{200}, open: false,
+	},
+	{
 		name: "truncated body",
 		steps: []step{{
 			send:       "POST /?body=ok HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhel",
 			closeWrite: true, reads: []string{"POST"},
 		}},
+		status: []int{200}, open: false,
+	},
+	{
+		name:   "bad chunk size",
+		req:    "POST /?body=ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
 		status: []int{200}, open: false,
 	},
 	{

@@ -13,3 +13,14 @@ import (
 func TestHeaderNameWithSpaceRefused(t *testing.T) {
 	runConformanceRows(t, "header name with space", "Content-Length with a space before the colon")
 }
+
+// TestFramingHeadersInRequestHeader: the handler saw "Transfer-Encoding: chunked" in
+// Request.Header, and every copy of a repeated Content-Length; net/http moves the first to
+// Request.TransferEncoding and keeps one Content-Length, and handlers (a proxy copying headers
+// upstream) rely on it.
+func TestFramingHeadersInRequestHeader(t *testing.T) {
+	runConformanceRows(t, "chunked request body", "chunked request body with trailers",
+		"chunked request body with declared trailers", "Content-Length duplicated",
+		"small chunked body not read", "truncated chunked body", "bad chunk size",
+		"chunked request body of 1 MiB")
+}

@@ -140,6 +140,7 @@ func (c *conn) newBody(req *http.Request) (*body, error) {
 		b.cr = httputil.NewChunkedReader(c.br)
 		req.ContentLength = -1
 		req.TransferEncoding = []string{"chunked"}
+		delete(h, "Transfer-Encoding") // as net/http: it is in req.TransferEncoding
 	case len(cl) > 0:
 		n, err := parseContentLength(cl)
 		if err != nil {
@@ -147,6 +148,9 @@ func (c *conn) newBody(req *http.Request) (*body, error) {
 		}
 		b.n = n
 		req.ContentLength = n
+		if len(cl) > 1 {
+			h["Content-Length"] = cl[:1] // as net/http: identical copies are one
+		}
 	}
 	if !b.chunked && b.n == 0 {
 		b.eof = true
