@@ -24,3 +24,13 @@ func TestFramingHeadersInRequestHeader(t *testing.T) {
 		"small chunked body not read", "truncated chunked body", "bad chunk size",
 		"chunked request body of 1 MiB")
 }
+
+// TestContentTypeSniffing: h1 sniffed a Content-Type only from the bytes it held back before the
+// head left, so an answer whose first write went past 2 KiB got none, and neither did any answer
+// to HEAD; and it sniffed one despite a Content-Encoding. It now sniffs as net/http does, and
+// answers HEAD with the head GET would get (no Content-Length once the body went past 2 KiB).
+func TestContentTypeSniffing(t *testing.T) {
+	runConformanceRows(t, "HEAD with a short body", "HEAD with a long body", "HEAD with a flushed body",
+		"long body in one write", "long body in long writes", "Content-Encoding set",
+		"Content-Length set, long body in one write")
+}

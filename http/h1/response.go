@@ -92,9 +92,6 @@ func (w *response) Write(p []byte) (int, error) {
 		return 0, http.ErrContentLength
 	}
 	w.written += int64(len(p))
-	if w.req.Method == http.MethodHead {
-		return len(p), nil
-	}
 	if !w.committed {
 		if w.pending == nil {
 			w.pending = pendings.Get().(*[]byte)
@@ -103,6 +100,7 @@ func (w *response) Write(p []byte) (int, error) {
 			*w.pending = append(*w.pending, p...)
 			return len(p), nil
 		}
+		w.sniff(p)
 		w.commit()
 	}
 	w.writeBody(p)
@@ -114,8 +112,8 @@ func (w *response) Write(p []byte) (int, error) {
 
 // writeBody puts p into the write buffer, as a chunk when the answer is chunked.
 func (w *response) writeBody(p []byte) {
-	if len(p) == 0 || w.werr != nil {
-		return
+	if len(p) == 0 || w.werr != nil || w.req.Method == http.MethodHead {
+		return // an answer to HEAD: the body is counted, and dropped
 	}
 	bw := w.c.writer()
 	if w.chunked {
@@ -190,10 +188,8 @@ func (w *response) commit() {
 	if _, ok := h["Date"]; !ok {
 		h["Date"] = []string{httpDate()}
 	}
+	w.sniff(nil)
 	pending := w.pendingBytes()
-	if _, ok := h["Content-Type"]; !ok && len(pending) > 0 && w.bodyAllowed() {
-		h["Content-Type"] = []string{http.DetectContentType(pending)}
-	}
 	bw := w.c.writer()
 	bw.WriteString(statusLine(w.status))
 	h.Write(bw)
