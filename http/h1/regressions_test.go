@@ -34,3 +34,10 @@ func TestContentTypeSniffing(t *testing.T) {
 		"long body in one write", "long body in long writes", "Content-Encoding set",
 		"Content-Length set, long body in one write")
 }
+
+// Test304WithContentLengthKeepsConnection: a 304 whose handler set a Content-Length (that of the
+// 200 answer it stands for) closed the connection, h1 taking the missing body for a short one.
+// A 304 has no body; net/http keeps the connection, and so does h1 now.
+func Test304WithContentLengthKeepsConnection(t *testing.T) {
+	runConformanceRows(t, "304 with Content-Length")
+}

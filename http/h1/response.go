@@ -231,7 +231,7 @@ func (w *response) finish() error {
 	if w.chunked && w.werr == nil {
 		w.c.writer().WriteString("0\r\n\r\n")
 	}
-	if w.clen >= 0 && w.written < w.clen && w.req.Method != http.MethodHead {
+	if w.clen >= 0 && w.written < w.clen && w.req.Method != http.MethodHead && w.bodyAllowed() {
 		w.closeAfter = true // the body is short of its length: the framing is broken
 	}
 	if w.werr == nil && w.c.bw != nil {
