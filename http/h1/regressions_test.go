@@ -1,7 +1,14 @@
 package h1_test
 
 import (
+	"context"
+	"errors"
+	"net"
 	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/lmproxy/lmproxy/http/h1"
 )
 
 // Tests named after the bugs they found in h1, each fixed in its own change.
@@ -40,4 +47,41 @@ func TestContentTypeSniffing(t *testing.T) {
 // A 304 has no body; net/http keeps the connection, and so does h1 now.
 func Test304WithContentLengthKeepsConnection(t *testing.T) {
 	runConformanceRows(t, "304 with Content-Length")
+}
+
+// TestWatcherStopsAfterShutdownTimeout: once Shutdown gave up (its context ended) or Close did (a
+// handler ignored its cancelled context), the hang-up watcher's goroutine and descriptors stayed
+// for good, even after the last connection ended. They now go with the last connection: nothing
+// of the server outlives its connections, as with net/http.
+func TestWatcherStopsAfterShutdownTimeout(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	bh := newBlockingHandler(t)
+	srv := &h1.Server{Handler: bh}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	rc := dialRaw(t, ln.Addr().String())
+	rc.write("GET /block HTTP/1.1\r\nHost: h\r\n\r\n")
+	waitFor(t, bh.started, "the request")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown: %v, want context.Canceled", err)
+	}
+	if err := waitFor(t, served, "Serve"); !errors.Is(err, h1.ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	close(bh.release)
+	if resp, body := rc.mustRead("GET"); resp.StatusCode != 200 || !resp.Close || body != "done /block" {
+		t.Fatalf("answer %d %q close=%v", resp.StatusCode, body, resp.Close)
+	}
+	if !rc.waitClosed(waitLimit) {
+		t.Fatal("the connection stays open")
+	}
+	// No Close: the server is done once its last connection is.
+	goleak.VerifyNone(t, ignore)
 }
