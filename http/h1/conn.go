@@ -51,6 +51,8 @@ type conn struct {
 	fd      int
 	watchID int32
 
+	linger bool // the client may still be sending what the server did not read: see lingerClose
+
 	mu     sync.Mutex
 	state  connState
 	cancel context.CancelFunc // the running request's
@@ -91,6 +93,7 @@ func (c *conn) serve() {
 			return
 		}
 		if !c.handle(req, b) {
+			c.linger = !b.eof
 			return
 		}
 	}
@@ -248,11 +251,29 @@ func (c *conn) close() {
 		c.bw.Flush()
 		c.releaseWriter()
 	}
+	if c.linger {
+		c.lingerClose()
+	}
 	c.rwc.Close()
 	if c.br != nil {
 		c.releaseReader()
 	}
 	c.s.untrack(c)
+}
+
+// lingerTime bounds lingerClose: net/http's figure for its wait before such a close.
+const lingerTime = 500 * time.Millisecond
+
+// lingerClose ends the sending side and reads and drops what the client still sends, until it
+// closes its side or lingerTime passes. Closing a socket with unread input resets the connection,
+// and the reset can cut the answer short of its end, or destroy what the client did not read of it
+// yet (RFC 9112 §9.6).
+func (c *conn) lingerClose() {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.rwc.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, c.rwc)
 }
 
 // reader returns the connection's read buffer, taking one from the pool if needed.

@@ -3,6 +3,7 @@ package h1_test
 import (
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -134,5 +135,57 @@ func TestIdleTimeout(t *testing.T) {
 	}
 	if _, body := long.get("/again"); body != "/again" {
 		t.Fatalf("the connection of a long request was closed: %q", body)
+	}
+}
+
+// TestMaxHeaderBytes: a head over MaxHeaderBytes (with net/http's 4 KiB of slack) gets 431 and the
+// connection closes; one under it is served. As net/http.
+func TestMaxHeaderBytes(t *testing.T) {
+	const limit = 1 << 10
+	h := &countingHandler{}
+	servers := map[string]*testServer{
+		"h1":       startH1(t, &h1.Server{Handler: h, MaxHeaderBytes: limit}),
+		"net/http": startStd(t, &http.Server{Handler: h, MaxHeaderBytes: limit}),
+	}
+	for name, ts := range servers {
+		t.Run(name, func(t *testing.T) {
+			rc := dialRaw(t, ts.addr)
+			small := "GET /small HTTP/1.1\r\nHost: h\r\nX-Pad: " + strings.Repeat("a", limit/2) + "\r\n\r\n"
+			rc.write(small)
+			if resp, body := rc.mustRead("GET"); resp.StatusCode != 200 || body != "/small" {
+				t.Fatalf("a head under the limit: %d %q", resp.StatusCode, body)
+			}
+			big := "GET /big HTTP/1.1\r\nHost: h\r\nX-Pad: " + strings.Repeat("a", limit+8<<10) + "\r\n\r\n"
+			rc.write(big)
+			resp, _ := rc.mustRead("GET")
+			if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+				t.Fatalf("a head over the limit: %d, want 431", resp.StatusCode)
+			}
+			if !resp.Close || !rc.waitClosed(waitLimit) {
+				t.Fatal("the connection stays open after 431")
+			}
+		})
+	}
+	if n := h.n.Load(); n != 2 {
+		t.Errorf("the handler ran %d times, want 2", n)
+	}
+}
+
+// TestDefaultMaxHeaderBytes: without MaxHeaderBytes the limit is net/http's 1 MiB.
+func TestDefaultMaxHeaderBytes(t *testing.T) {
+	h := &countingHandler{}
+	ts := startH1(t, &h1.Server{Handler: h})
+	rc := dialRaw(t, ts.addr)
+	rc.write("GET /fits HTTP/1.1\r\nHost: h\r\nX-Pad: " + strings.Repeat("a", 512<<10) + "\r\n\r\n")
+	if resp, body := rc.mustRead("GET"); resp.StatusCode != 200 || body != "/fits" {
+		t.Fatalf("a 512 KiB head: %d %q", resp.StatusCode, body)
+	}
+	var writer sync.WaitGroup
+	defer writer.Wait()
+	writer.Go(func() {
+		io.WriteString(rc.nc, "GET /big HTTP/1.1\r\nHost: h\r\nX-Pad: "+strings.Repeat("a", 2<<20)+"\r\n\r\n")
+	})
+	if resp, _ := rc.mustRead("GET"); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("a 2 MiB head: %d, want 431", resp.StatusCode)
 	}
 }

@@ -3,7 +3,12 @@ package h1_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -84,4 +89,47 @@ func TestWatcherStopsAfterShutdownTimeout(t *testing.T) {
 	}
 	// No Close: the server is done once its last connection is.
 	goleak.VerifyNone(t, ignore)
+}
+
+// TestAnswerCutByReset: h1 closed connections with input it had not read (the rest of a head it
+// refused, a body its handler left unread), and closing a socket with unread input resets the
+// connection: a client reading an answer that ends with the connection (every refusal, an answer
+// to HTTP/1.0 without a length) got "connection reset" instead of its end, and any part of an
+// answer still in the server's buffers was lost. h1 now half-closes such a connection and reads
+// what the client still sends, until the client closes or half a second passes, before closing it
+// (net/http half-closes and waits after a 431 or an unread body).
+func TestAnswerCutByReset(t *testing.T) {
+	long := strings.Repeat("c", 3000)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, long) })
+	ts := startH1(t, &h1.Server{Handler: handler, MaxHeaderBytes: 1 << 10})
+	body := strings.Repeat("b", 1<<20)
+	cases := []struct {
+		name   string
+		req    string
+		status int
+	}{
+		{"431", "GET / HTTP/1.1\r\nHost: h\r\nX-Pad: " + strings.Repeat("a", 16<<10) + "\r\n\r\n", 431},
+		{"501 with a body", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n" + body, 501},
+		{"unread body, HTTP/1.0", "POST / HTTP/1.0\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body, 200},
+		{"unread body", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body, 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rc := dialRaw(t, ts.addr)
+			// The whole request, then the answer.
+			var writer sync.WaitGroup
+			writer.Go(func() { io.WriteString(rc.nc, c.req) })
+			writer.Wait()
+			resp, got := rc.mustRead(http.MethodPost)
+			if resp.StatusCode != c.status || !resp.Close {
+				t.Fatalf("answer %d close=%v, want %d and Connection: close", resp.StatusCode, resp.Close, c.status)
+			}
+			if c.status == 200 && got != long {
+				t.Fatalf("answer of %d bytes, want %d", len(got), len(long))
+			}
+			if !rc.waitClosed(waitLimit) {
+				t.Fatal("the connection stays open")
+			}
+		})
+	}
 }

@@ -343,4 +343,5 @@ func (c *conn) refuse(err error) {
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
 	bw.WriteString(text + ": " + re.msg)
 	bw.Flush()
+	c.linger = true // the rest of the request may follow
 }
