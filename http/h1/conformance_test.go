@@ -619,6 +619,19 @@ var conformanceCases = []conformanceCase{
 			}}}
 		},
 	},
+	{
+		name:   "chunked on HTTP/1.0",
+		req:    "POST /?body=ok HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		status: []int{200}, open: false,
+		// net/http ignores Transfer-Encoding on HTTP/1.0 and reads no body (the chunks would be
+		// read as a next request); h1 reads the chunked body, then closes the connection as RFC
+		// 9112 §6.1 requires after such a message (see TestChunkedHTTP10ClosesConnection).
+		h1diff: func(o *observation) {
+			o.Answers[0].Proto = "HTTP/1.1"
+			s := &o.Seen[0]
+			s.ContentLength, s.TransferEncoding, s.Body = -1, []string{"chunked"}, "hello"
+		},
+	},
 }
 
 func TestConformance(t *testing.T) {

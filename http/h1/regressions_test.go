@@ -133,3 +133,24 @@ func TestAnswerCutByReset(t *testing.T) {
 		})
 	}
 }
+
+// TestChunkedHTTP10ClosesConnection: h1 read a chunked body on HTTP/1.0, which has no
+// Transfer-Encoding, and kept the connection when asked to: a front end that frames such a message
+// otherwise (net/http ignores the header, and would take the chunks for a next request) disagrees
+// with it on where the next request starts. RFC 9112 §6.1 requires closing the connection after
+// such a message; h1 now does.
+func TestChunkedHTTP10ClosesConnection(t *testing.T) {
+	runConformanceRows(t, "chunked on HTTP/1.0")
+	t.Run("keep-alive", func(t *testing.T) {
+		ts := startH1(t, &h1.Server{Handler: echoHandler(newRecorder())})
+		rc := dialRaw(t, ts.addr)
+		rc.write("POST /?body=ok HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		resp, body := rc.mustRead(http.MethodPost)
+		if resp.StatusCode != 200 || body != "ok" || !resp.Close {
+			t.Fatalf("answer %d %q close=%v, want 200 \"ok\" and Connection: close", resp.StatusCode, body, resp.Close)
+		}
+		if !rc.waitClosed(waitLimit) {
+			t.Fatal("the connection stays open")
+		}
+	})
+}

@@ -141,6 +141,11 @@ func (c *conn) newBody(req *http.Request) (*body, error) {
 		req.ContentLength = -1
 		req.TransferEncoding = []string{"chunked"}
 		delete(h, "Transfer-Encoding") // as net/http: it is in req.TransferEncoding
+		if req.ProtoMinor == 0 {
+			// HTTP/1.0 has no Transfer-Encoding: others may frame this message otherwise, so the
+			// connection ends after it (RFC 9112 §6.1).
+			req.Close = true
+		}
 	case len(cl) > 0:
 		n, err := parseContentLength(cl)
 		if err != nil {
