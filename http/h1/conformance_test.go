@@ -632,6 +632,14 @@ var conformanceCases = []conformanceCase{
 			s.ContentLength, s.TransferEncoding, s.Body = -1, []string{"chunked"}, "hello"
 		},
 	},
+	{
+		name: "CRLF after a POST body",
+		steps: []step{{
+			send:  "POST /?body=one HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc\r\nGET /?body=two HTTP/1.1\r\nHost: h\r\n\r\n",
+			reads: []string{"POST", "GET"},
+		}},
+		status: []int{200, 200}, open: true,
+	},
 }
 
 func TestConformance(t *testing.T) {

@@ -154,3 +154,18 @@ func TestChunkedHTTP10ClosesConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestEmptyLineBeforeRequestLine: h1 refused a request preceded by an empty line, which some
+// clients send after a POST body, with 400 and closed the connection. RFC 9112 §2.2 asks a server
+// to ignore at least one; net/http ignores them after a POST, and h1 now ignores one anywhere.
+func TestEmptyLineBeforeRequestLine(t *testing.T) {
+	runConformanceRows(t, "CRLF after a POST body")
+	t.Run("first request", func(t *testing.T) {
+		ts := startH1(t, &h1.Server{Handler: echoHandler(newRecorder())})
+		rc := dialRaw(t, ts.addr)
+		rc.write("\r\nGET /?body=ok HTTP/1.1\r\nHost: h\r\n\r\n")
+		if resp, body := rc.mustRead(http.MethodGet); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("answer %d %q", resp.StatusCode, body)
+		}
+	})
+}

@@ -35,6 +35,11 @@ func (c *conn) readRequest() (*http.Request, *body, error) {
 func (c *conn) readHead() (*http.Request, *body, error) {
 	tp := textproto.Reader{R: c.br}
 	line, err := tp.ReadLine()
+	if err == nil && line == "" {
+		// An empty line before the request line, which some clients send after a POST body, is
+		// ignored (RFC 9112 §2.2).
+		line, err = tp.ReadLine()
+	}
 	if err != nil {
 		return nil, nil, err
 	}
