@@ -118,11 +118,12 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 // waitForRequest waits up to d (0: forever) for the first byte of a request, as an idle connection
 // that Shutdown may close, and reports whether one came.
 func (c *conn) waitForRequest(d time.Duration) bool {
-	if !c.setState(stateIdle) {
-		return false
-	}
+	// The deadline before the state: once idle, closeIfIdle's deadline must be the last word.
 	if d > 0 {
 		c.rwc.SetReadDeadline(time.Now().Add(d))
+	}
+	if !c.setState(stateIdle) {
+		return false
 	}
 	br := c.reader()
 	if _, err := br.Peek(1); err != nil {
