@@ -546,6 +546,14 @@ var conformanceCases = []conformanceCase{
 		status: []int{103, 200}, open: true,
 	},
 	{
+		name: "103 Early Hints with Content-Length set",
+		steps: []step{{
+			send:  "GET /?hdr=Link:%3C/a.css%3E&cl=2&status=103&body=ok HTTP/1.1\r\nHost: h\r\n\r\n",
+			reads: []string{"GET", "GET"},
+		}},
+		status: []int{103, 200}, open: true,
+	},
+	{
 		name:   "small body not read",
 		req:    "POST /?read=none&body=ok HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789",
 		status: []int{200}, open: true,

@@ -169,3 +169,10 @@ func TestEmptyLineBeforeRequestLine(t *testing.T) {
 		}
 	})
 }
+
+// TestInterimAnswerWithoutLength: an interim answer (103 Early Hints) carried the handler's
+// Content-Length and Transfer-Encoding headers, which RFC 9110 §8.6 forbids in a 1xx answer (they
+// belong to the final one); net/http leaves them out, and so does h1 now.
+func TestInterimAnswerWithoutLength(t *testing.T) {
+	runConformanceRows(t, "103 Early Hints with Content-Length set")
+}

@@ -65,7 +65,7 @@ func (w *response) writeInterim(code int) {
 	}
 	bw := w.c.writer()
 	bw.WriteString(statusLine(code))
-	w.header.Write(bw)
+	w.header.WriteSubset(bw, framingHeaders) // they are the final answer's
 	bw.WriteString("\r\n")
 	w.werr = bw.Flush()
 }
@@ -248,6 +248,9 @@ func (w *response) release() {
 		w.c.releaseWriter()
 	}
 }
+
+// framingHeaders are left out of an interim answer (RFC 9110 §8.6).
+var framingHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
 
 var (
 	chunkedValue   = []string{"chunked"}
