@@ -51,6 +51,8 @@ type conn struct {
 	fd      int
 	watchID int32
 
+	linger bool // the client may still be sending what the server did not read: see lingerClose
+
 	mu       sync.Mutex
 	state    connState
 	cancel   context.CancelFunc // the running request's
@@ -93,6 +95,7 @@ func (c *conn) serve() {
 			return
 		}
 		if !c.handle(req, b) {
+			c.linger = !b.eof
 			return
 		}
 	}
@@ -117,11 +120,12 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 // waitForRequest waits up to d (0: forever) for the first byte of a request, as an idle connection
 // that Shutdown may close, and reports whether one came.
 func (c *conn) waitForRequest(d time.Duration) bool {
-	if !c.setState(stateIdle) {
-		return false
-	}
+	// The deadline before the state: once idle, closeIfIdle's deadline must be the last word.
 	if d > 0 {
 		c.rwc.SetReadDeadline(time.Now().Add(d))
+	}
+	if !c.setState(stateIdle) {
+		return false
 	}
 	br := c.reader()
 	if _, err := br.Peek(1); err != nil {
@@ -263,11 +267,29 @@ func (c *conn) close() {
 		c.bw.Flush()
 		c.releaseWriter()
 	}
+	if c.linger {
+		c.lingerClose()
+	}
 	c.rwc.Close()
 	if c.br != nil {
 		c.releaseReader()
 	}
 	c.s.untrack(c)
+}
+
+// lingerTime bounds lingerClose: net/http's figure for its wait before such a close.
+const lingerTime = 500 * time.Millisecond
+
+// lingerClose ends the sending side and reads and drops what the client still sends, until it
+// closes its side or lingerTime passes. Closing a socket with unread input resets the connection,
+// and the reset can cut the answer short of its end, or destroy what the client did not read of it
+// yet (RFC 9112 §9.6).
+func (c *conn) lingerClose() {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.rwc.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, c.rwc)
 }
 
 // reader returns the connection's read buffer, taking one from the pool if needed.

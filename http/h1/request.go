@@ -35,6 +35,11 @@ func (c *conn) readRequest() (*http.Request, *body, error) {
 func (c *conn) readHead() (*http.Request, *body, error) {
 	tp := textproto.Reader{R: c.br}
 	line, err := tp.ReadLine()
+	if err == nil && line == "" {
+		// An empty line before the request line, which some clients send after a POST body, is
+		// ignored (RFC 9112 §2.2).
+		line, err = tp.ReadLine()
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -66,7 +71,12 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 		return nil, nil, err
 	}
 	h := http.Header(mh)
-	for _, vv := range h {
+	for k, vv := range h {
+		if !validFieldName(k) {
+			// textproto lets a space through ("Content-Length : 5"): a name that is not the
+			// header a front end may take it for.
+			return nil, nil, badRequest("invalid header name")
+		}
 		for _, v := range vv {
 			if !validHeaderValue(v) {
 				return nil, nil, badRequest("invalid header value")
@@ -135,6 +145,12 @@ func (c *conn) newBody(req *http.Request) (*body, error) {
 		b.cr = httputil.NewChunkedReader(c.br)
 		req.ContentLength = -1
 		req.TransferEncoding = []string{"chunked"}
+		delete(h, "Transfer-Encoding") // as net/http: it is in req.TransferEncoding
+		if req.ProtoMinor == 0 {
+			// HTTP/1.0 has no Transfer-Encoding: others may frame this message otherwise, so the
+			// connection ends after it (RFC 9112 §6.1).
+			req.Close = true
+		}
 	case len(cl) > 0:
 		n, err := parseContentLength(cl)
 		if err != nil {
@@ -142,6 +158,9 @@ func (c *conn) newBody(req *http.Request) (*body, error) {
 		}
 		b.n = n
 		req.ContentLength = n
+		if len(cl) > 1 {
+			h["Content-Length"] = cl[:1] // as net/http: identical copies are one
+		}
 	}
 	if !b.chunked && b.n == 0 {
 		b.eof = true
@@ -205,6 +224,9 @@ func validMethod(m string) bool {
 	}
 	return true
 }
+
+// validFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
+func validFieldName(k string) bool { return validMethod(k) }
 
 func isTokenByte(b byte) bool {
 	switch {
@@ -331,4 +353,5 @@ func (c *conn) refuse(err error) {
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
 	bw.WriteString(text + ": " + re.msg)
 	bw.Flush()
+	c.linger = true // the rest of the request may follow
 }

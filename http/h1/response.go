@@ -67,7 +67,7 @@ func (w *response) writeInterim(code int) {
 	}
 	bw := w.c.writer()
 	bw.WriteString(statusLine(code))
-	w.header.Write(bw)
+	w.header.WriteSubset(bw, framingHeaders) // they are the final answer's
 	bw.WriteString("\r\n")
 	w.werr = bw.Flush()
 }
@@ -94,9 +94,6 @@ func (w *response) Write(p []byte) (int, error) {
 		return 0, http.ErrContentLength
 	}
 	w.written += int64(len(p))
-	if w.req.Method == http.MethodHead {
-		return len(p), nil
-	}
 	if !w.committed {
 		if w.pending == nil {
 			w.pending = pendings.Get().(*[]byte)
@@ -105,6 +102,7 @@ func (w *response) Write(p []byte) (int, error) {
 			*w.pending = append(*w.pending, p...)
 			return len(p), nil
 		}
+		w.sniff(p)
 		w.commit()
 	}
 	w.writeBody(p)
@@ -116,8 +114,8 @@ func (w *response) Write(p []byte) (int, error) {
 
 // writeBody puts p into the write buffer, as a chunk when the answer is chunked.
 func (w *response) writeBody(p []byte) {
-	if len(p) == 0 || w.werr != nil {
-		return
+	if len(p) == 0 || w.werr != nil || w.req.Method == http.MethodHead {
+		return // an answer to HEAD: the body is counted, and dropped
 	}
 	bw := w.c.writer()
 	if w.chunked {
@@ -192,10 +190,8 @@ func (w *response) commit() {
 	if _, ok := h["Date"]; !ok {
 		h["Date"] = []string{httpDate()}
 	}
+	w.sniff(nil)
 	pending := w.pendingBytes()
-	if _, ok := h["Content-Type"]; !ok && len(pending) > 0 && w.bodyAllowed() {
-		h["Content-Type"] = []string{http.DetectContentType(pending)}
-	}
 	bw := w.c.writer()
 	bw.WriteString(statusLine(w.status))
 	h.Write(bw)
@@ -237,7 +233,7 @@ func (w *response) finish() error {
 	if w.chunked && w.werr == nil && !w.rawEnded && !w.rawBroken {
 		w.c.writer().WriteString("0\r\n\r\n")
 	}
-	if w.clen >= 0 && w.written < w.clen && w.req.Method != http.MethodHead {
+	if w.clen >= 0 && w.written < w.clen && w.req.Method != http.MethodHead && w.bodyAllowed() {
 		w.closeAfter = true // the body is short of its length: the framing is broken
 	}
 	if w.werr == nil && w.c.bw != nil {
@@ -280,6 +276,9 @@ func (w *response) release() {
 		w.c.releaseWriter()
 	}
 }
+
+// framingHeaders are left out of an interim answer (RFC 9110 §8.6).
+var framingHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
 
 var (
 	chunkedValue   = []string{"chunked"}

@@ -101,7 +101,13 @@ func (s *Server) track(c *conn) bool {
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	last := s.closing && len(s.conns) == 0
 	s.mu.Unlock()
+	if last {
+		// Shutdown or Close may have given up on this connection: nothing else will stop the
+		// hang-up watcher.
+		s.finish()
+	}
 }
 
 // Shutdown stops accepting, closes idle connections, and waits for the others to finish their
