@@ -87,7 +87,10 @@ type stream struct {
 	backlog  []byte // written to the client when it can take it, before anything is read from up
 	res      Result
 	finished bool
-	done     chan struct{}
+	// clientWatched: the client's socket is in the loop's set (it was once slower than the
+	// replica).
+	clientWatched bool
+	done          chan struct{}
 }
 
 func (s *stream) result() Result {
@@ -295,11 +298,26 @@ func (l *loop) start(s *stream) {
 		l.finish(s)
 		return
 	}
-	ev = syscall.EpollEvent{Events: clientEvents, Fd: clientToken(s.id)}
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, s.client, &ev); err != nil {
+	if clientEvents != 0 {
+		l.watchClient(s, clientEvents)
+	}
+}
+
+// watchClient sets what the loop waits for on the client's socket. The socket joins the set only
+// the first time a client is slower than its replica: a client that leaves is seen by h1, which
+// cancels the request, so most streams cost two epoll_ctl calls instead of four.
+func (l *loop) watchClient(s *stream, events uint32) {
+	op := syscall.EPOLL_CTL_MOD
+	if !s.clientWatched {
+		op = syscall.EPOLL_CTL_ADD
+	}
+	ev := syscall.EpollEvent{Events: events, Fd: clientToken(s.id)}
+	if err := syscall.EpollCtl(l.epfd, op, s.client, &ev); err != nil {
 		s.res.ClientErr = err
 		l.finish(s)
+		return
 	}
+	s.clientWatched = true
 }
 
 // upReady reads what the replica sent and writes it to the client.
@@ -353,8 +371,7 @@ func (l *loop) upReady(s *stream) {
 func (l *loop) waitForClient(s *stream) {
 	ev := syscall.EpollEvent{Events: 0, Fd: upToken(s.id)}
 	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.up, &ev)
-	ev = syscall.EpollEvent{Events: syscall.EPOLLOUT, Fd: clientToken(s.id)}
-	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.client, &ev)
+	l.watchClient(s, syscall.EPOLLOUT)
 }
 
 // clientReady writes the backlog when the client can take more, and notices a client that failed.
@@ -395,7 +412,9 @@ func (l *loop) finish(s *stream) {
 	s.finished = true
 	if s.id != 0 {
 		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.up, nil)
-		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.client, nil)
+		if s.clientWatched {
+			syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.client, nil)
+		}
 		delete(l.streams, s.id)
 	}
 	close(s.done)
