@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -57,9 +58,10 @@ type conn struct {
 	state    connState
 	cancel   context.CancelFunc // the running request's
 	gone     bool               // the client hung up
-	aborted  bool               // Close cut the connection
 	served   bool               // it carried a request
 	accepted time.Time
+
+	cut atomic.Bool // Close cut the connection: no deadline may be set after its own
 }
 
 func (s *Server) newConn(rwc net.Conn) *conn {
@@ -112,6 +114,9 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 		return false
 	}
 	tc.SetDeadline(time.Time{})
+	if c.cut.Load() {
+		return false
+	}
 	st := tc.ConnectionState()
 	c.tls = &st
 	return true
@@ -122,7 +127,7 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 func (c *conn) waitForRequest(d time.Duration) bool {
 	// The deadline before the state: once idle, closeIfIdle's deadline must be the last word.
 	if d > 0 {
-		c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.setReadDeadline(time.Now().Add(d))
 	}
 	if !c.setState(stateIdle) {
 		return false
@@ -139,9 +144,9 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 		return false
 	}
 	if h := c.s.ReadHeaderTimeout; h > 0 {
-		c.rwc.SetReadDeadline(time.Now().Add(h))
+		c.setReadDeadline(time.Now().Add(h))
 	} else if d > 0 {
-		c.rwc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	return true
 }
@@ -149,7 +154,7 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 // handle serves one request and reports whether the connection can carry another.
 func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if c.s.ReadHeaderTimeout > 0 {
-		c.rwc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.mu.Lock()
@@ -169,8 +174,9 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 
 	c.mu.Lock()
 	c.cancel = nil
-	gone, aborted := c.gone, c.aborted
+	gone = c.gone
 	c.mu.Unlock()
+	aborted := c.cut.Load()
 	cancel()
 	if !ok || aborted {
 		w.release()
@@ -250,10 +256,19 @@ func (c *conn) closeIfIdle() {
 func (c *conn) abort() {
 	c.mu.Lock()
 	c.state = stateClosed
-	c.aborted = true
 	c.mu.Unlock()
+	c.cut.Store(true)
 	c.raw.SetDeadline(aLongTimeAgo)
 	c.hangUp()
+}
+
+// setReadDeadline sets the read deadline, unless Close cut the connection: a deadline set just
+// after abort's would undo it, and the connection would wait for its client instead of ending.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.rwc.SetReadDeadline(t)
+	if c.cut.Load() {
+		c.raw.SetDeadline(aLongTimeAgo)
+	}
 }
 
 func (c *conn) close() {
@@ -288,7 +303,7 @@ func (c *conn) lingerClose() {
 	if cw, ok := c.rwc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
 		return
 	}
-	c.rwc.SetReadDeadline(time.Now().Add(lingerTime))
+	c.setReadDeadline(time.Now().Add(lingerTime))
 	io.Copy(io.Discard, c.rwc)
 }
 

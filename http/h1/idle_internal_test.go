@@ -69,3 +69,64 @@ func TestShutdownClosesConnectionGoingIdle(t *testing.T) {
 		}
 	}
 }
+
+// nthDeadlinePause pauses the nth call that sets a read deadline in the future until resume is
+// closed, and reports the pause on paused.
+type nthDeadlinePause struct {
+	net.Conn
+	n      int
+	calls  int
+	paused chan struct{}
+	resume chan struct{}
+}
+
+func (p *nthDeadlinePause) SetReadDeadline(t time.Time) error {
+	if t.After(time.Now()) {
+		if p.calls++; p.calls == p.n {
+			close(p.paused)
+			<-p.resume
+		}
+	}
+	return p.Conn.SetReadDeadline(t)
+}
+
+// TestCloseIsNotUndoneByTheNextDeadline: Close cut a connection (a read deadline in the past)
+// just before the connection set its header deadline; that deadline undid the cut, and the
+// connection waited on its client's half-sent headers for the whole ReadHeaderTimeout instead of
+// ending at once.
+func TestCloseIsNotUndoneByTheNextDeadline(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	pc := &nthDeadlinePause{Conn: server, n: 2, paused: make(chan struct{}), resume: make(chan struct{})}
+	s := &Server{ReadHeaderTimeout: time.Minute}
+	c := s.newConn(pc)
+	c.raw = pc
+	c.lr.r = pc
+	defer c.rwc.Close()
+
+	done := make(chan bool, 1)
+	go func() {
+		ok := c.waitForRequest(s.ReadHeaderTimeout) // 1st deadline: the wait; 2nd: the headers'
+		if ok {
+			_, _, err := c.readRequest()
+			ok = err == nil
+		}
+		done <- ok
+	}()
+	go client.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n")) // the headers never end
+	select {
+	case <-pc.paused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no header deadline was set")
+	}
+	c.abort() // Close, between the first byte and the header deadline
+	close(pc.resume)
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatal("a request was read from a cut connection")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cut connection waited for its client's headers")
+	}
+}
