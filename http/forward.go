@@ -150,7 +150,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	w.WriteHeader(resp.StatusCode)
 	sse := isEventStream(resp.Header.Get("Content-Type"))
 	flush := sse || resp.ContentLength == -1
-	fl := flusherOf(t.ResponseWriter)
+	fl, _ := writerAs[flusher](t.ResponseWriter)
 	if flush && fl != nil {
 		fl.FlushError() // headers leave now, not with a slow first token
 	}

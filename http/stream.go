@@ -20,15 +20,17 @@ const (
 // flusher is net/http's response writer's flush that reports a client that left.
 type flusher interface{ FlushError() error }
 
-// flusherOf finds w's flusher, or nil.
-func flusherOf(w http.ResponseWriter) flusher {
+// writerAs finds, in w or the writers it wraps, one that is a T: net/http's flusher, or h1's raw
+// socket hand-over.
+func writerAs[T any](w http.ResponseWriter) (T, bool) {
 	for {
-		if f, ok := w.(flusher); ok {
-			return f
+		if t, ok := w.(T); ok {
+			return t, true
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return nil
+			var zero T
+			return zero, false
 		}
 		w = u.Unwrap()
 	}

@@ -15,20 +15,6 @@ type rawWriter interface {
 	RawDone(written int64, ended, atBoundary bool)
 }
 
-// rawWriterOf finds w's rawWriter, or nil.
-func rawWriterOf(w http.ResponseWriter) rawWriter {
-	for {
-		if rw, ok := w.(rawWriter); ok {
-			return rw
-		}
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			return nil
-		}
-		w = u.Unwrap()
-	}
-}
-
 var (
 	// errStreamCut is a relayed body that stopped before its end without another error.
 	errStreamCut = errors.New("the answer stopped before its end")
@@ -47,8 +33,8 @@ func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response)
 	if s.relay == nil || !ok || pb.c.fd < 0 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
 		return nil, nil, true, false
 	}
-	rw := rawWriterOf(t.ResponseWriter)
-	if rw == nil {
+	rw, ok := writerAs[rawWriter](t.ResponseWriter)
+	if !ok {
 		return nil, nil, true, false
 	}
 	client := rw.RawChunked()
