@@ -140,7 +140,7 @@ type loop struct {
 	streams   map[int32]*stream
 	nextID    int32
 	buf       []byte
-	maybeMore bool // a read filled buf: its socket may have more
+	maybeMore bool // a socket may have more to read with no new event to say so
 	exited    chan struct{}
 }
 
@@ -270,7 +270,7 @@ func (l *loop) dispatch(events []syscall.EpollEvent) bool {
 		if ev.Fd&1 == 1 {
 			l.clientReady(s, ev.Events)
 		} else {
-			l.upReady(s)
+			l.upReady(s, ev.Events)
 		}
 	}
 	return true
@@ -321,9 +321,12 @@ func (l *loop) watchClient(s *stream, events uint32) {
 }
 
 // upReady reads what the replica sent and writes it to the client.
-func (l *loop) upReady(s *stream) {
+func (l *loop) upReady(s *stream, events uint32) {
 	n, err := syscall.Read(s.up, l.buf)
-	if n == len(l.buf) {
+	// The socket may have more for the next read with no new event to say so: the read filled
+	// the buffer, or the replica's close (or reset) came with the data, which the read returned
+	// first. The loop looks again before it waits.
+	if n == len(l.buf) || n > 0 && events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
 		l.maybeMore = true
 	}
 	switch {

@@ -165,6 +165,25 @@ func TestRelayReplicaFailure(t *testing.T) {
 	}
 }
 
+// A replica whose close arrives with its last bytes is noticed: the read that returns the bytes
+// leaves the end of the stream for a next read, and no new event comes to ask for it. (The first
+// stream of a fresh loop waited forever before the loop looked again.)
+func TestRelayReplicaClosingWithItsLastBytes(t *testing.T) {
+	r := relay.New(1)
+	defer r.Close()
+	for i := 0; i < 50; i++ {
+		up, client := newPair(t), newPair(t)
+		for j := 0; j < 3; j++ {
+			io.WriteString(up.far, chunkOf(event(j)))
+		}
+		up.far.Close()
+		res := result(t, run(context.Background(), r, up, client, nil))
+		require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed, "stream %d", i)
+		require.True(t, res.AtBoundary)
+		require.Equal(t, 3, res.Events)
+	}
+}
+
 // A cancelled context ends the relay at once, whatever the replica does.
 func TestRelayEndsWhenTheContextEnds(t *testing.T) {
 	r := newRelay(t)
