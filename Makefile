@@ -17,6 +17,8 @@ test:
 		echo "note: node/npm not found: the test with the official openai npm client is skipped"
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	@# and without the race detector, under which http/netio makes the standard library's calls
+	$(GO) test -count=1 ./http/netio ./http/relay ./http/h1
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

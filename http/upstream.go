@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lmproxy/lmproxy/http/h1"
+	"github.com/lmproxy/lmproxy/http/netio"
 )
 
 // upstream is the one connection pool that every request to a replica goes through. It is a small
@@ -350,6 +351,9 @@ func (u *upstream) dial(ctx context.Context, key string, target interface{ Hostn
 		addr = net.JoinHostPort(addr, port)
 	}
 	conn, err := u.dialer.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		conn = netio.Wrap(conn)
+	}
 	if err == nil && tlsOn {
 		tc := tls.Client(conn, &tls.Config{ServerName: target.Hostname()})
 		if err = tc.HandshakeContext(ctx); err != nil {

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/lmproxy/lmproxy/http/netio"
 )
 
 // A connection holds a read or write buffer only while it uses it: the read buffer while a request
@@ -65,6 +67,7 @@ type conn struct {
 }
 
 func (s *Server) newConn(rwc net.Conn) *conn {
+	rwc = netio.Wrap(rwc)
 	c := &conn{s: s, rwc: rwc, raw: rwc, remote: rwc.RemoteAddr().String(), fd: -1, accepted: time.Now()}
 	if s.TLSConfig != nil {
 		c.rwc = tls.Server(rwc, s.TLSConfig)

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/lmproxy/lmproxy/http/netio"
 )
 
 // loopBufferSize is the read buffer each loop shares among its streams: large enough to take in one
@@ -106,7 +108,7 @@ func (s *stream) result() Result {
 // when the client failed.
 func (s *stream) writeClient(p []byte) bool {
 	for len(p) > 0 {
-		n, err := syscall.Write(s.client, p)
+		n, err := netio.Write(s.client, p)
 		if n > 0 {
 			s.res.Written += int64(n)
 			p = p[n:]
@@ -234,7 +236,7 @@ func (l *loop) run() {
 	stop := false
 	err := l.rc.Read(func(uintptr) bool {
 		for {
-			n, err := syscall.EpollWait(l.epfd, events, 0)
+			n, err := netio.EpollPoll(l.epfd, events)
 			if err == syscall.EINTR {
 				continue
 			}
@@ -293,7 +295,7 @@ func (l *loop) start(s *stream) {
 		upEvents, clientEvents = 0, syscall.EPOLLOUT
 	}
 	ev := syscall.EpollEvent{Events: upEvents, Fd: upToken(s.id)}
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, s.up, &ev); err != nil {
+	if err := netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, s.up, &ev); err != nil {
 		s.res.UpErr = err
 		l.finish(s)
 		return
@@ -312,7 +314,7 @@ func (l *loop) watchClient(s *stream, events uint32) {
 		op = syscall.EPOLL_CTL_ADD
 	}
 	ev := syscall.EpollEvent{Events: events, Fd: clientToken(s.id)}
-	if err := syscall.EpollCtl(l.epfd, op, s.client, &ev); err != nil {
+	if err := netio.EpollCtl(l.epfd, op, s.client, &ev); err != nil {
 		s.res.ClientErr = err
 		l.finish(s)
 		return
@@ -322,7 +324,7 @@ func (l *loop) watchClient(s *stream, events uint32) {
 
 // upReady reads what the replica sent and writes it to the client.
 func (l *loop) upReady(s *stream, events uint32) {
-	n, err := syscall.Read(s.up, l.buf)
+	n, err := netio.Read(s.up, l.buf)
 	// The socket may have more for the next read with no new event to say so: the read filled
 	// the buffer, or the replica's close (or reset) came with the data, which the read returned
 	// first. The loop looks again before it waits.
@@ -373,7 +375,7 @@ func (l *loop) upReady(s *stream, events uint32) {
 // slows its replica down instead of growing the proxy's memory.
 func (l *loop) waitForClient(s *stream) {
 	ev := syscall.EpollEvent{Events: 0, Fd: upToken(s.id)}
-	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.up, &ev)
+	netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.up, &ev)
 	l.watchClient(s, syscall.EPOLLOUT)
 }
 
@@ -402,9 +404,9 @@ func (l *loop) clientReady(s *stream, events uint32) {
 		return
 	}
 	ev := syscall.EpollEvent{Events: 0, Fd: clientToken(s.id)}
-	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.client, &ev)
+	netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.client, &ev)
 	ev = syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: upToken(s.id)}
-	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.up, &ev)
+	netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, s.up, &ev)
 }
 
 // finish takes the stream's sockets out of the set and tells Run.
@@ -414,9 +416,9 @@ func (l *loop) finish(s *stream) {
 	}
 	s.finished = true
 	if s.id != 0 {
-		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.up, nil)
+		netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.up, nil)
 		if s.clientWatched {
-			syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.client, nil)
+			netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.client, nil)
 		}
 		delete(l.streams, s.id)
 	}

@@ -1,0 +1,140 @@
+package netio_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/http/netio"
+)
+
+// pair returns both ends of a loopback TCP connection, the client's end wrapped.
+func pair(t *testing.T) (wrapped, peer net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	p := <-accepted
+	require.NotNil(t, p)
+	w := netio.Wrap(c)
+	t.Cleanup(func() { w.Close(); p.Close() })
+	return w, p
+}
+
+func TestWrapKeepsOtherConnections(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	assert.Same(t, a, netio.Wrap(a))
+}
+
+func TestLargeWriteWaitsForTheReader(t *testing.T) {
+	w, p := pair(t)
+	// Far more than the socket buffers hold: Write must wait for the peer to drain them.
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<20)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(p)
+		got <- b
+	}()
+	n, err := w.Write(payload)
+	require.NoError(t, err)
+	assert.Equal(t, len(payload), n)
+	w.(interface{ CloseWrite() error }).CloseWrite()
+	select {
+	case b := <-got:
+		assert.True(t, bytes.Equal(payload, b), "the peer got other bytes")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer did not get the payload")
+	}
+}
+
+func TestReadWaitsForDataThenSeesEOF(t *testing.T) {
+	w, p := pair(t)
+	go func() {
+		time.Sleep(20 * time.Millisecond) // the read must wait in the netpoller, not spin
+		p.Write([]byte("hello"))
+		p.Close()
+	}()
+	b, err := io.ReadAll(w)
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(b))
+	n, err := w.Read(make([]byte, 8))
+	assert.Equal(t, 0, n)
+	assert.Equal(t, io.EOF, err)
+}
+
+func TestReadDeadline(t *testing.T) {
+	w, _ := pair(t)
+	require.NoError(t, w.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
+	_, err := w.Read(make([]byte, 8))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout())
+	var oe *net.OpError
+	require.ErrorAs(t, err, &oe)
+	assert.Equal(t, "read", oe.Op)
+}
+
+func TestCloseEndsABlockedRead(t *testing.T) {
+	w, _ := pair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.Read(make([]byte, 8))
+		done <- err
+	}()
+	// Close only once the reader is parked, so Close is what ends it.
+	deadline := time.Now().Add(5 * time.Second)
+	for !parkedInNetpoll() {
+		require.True(t, time.Now().Before(deadline), "the read never waited")
+		time.Sleep(time.Millisecond)
+	}
+	w.Close()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, net.ErrClosed)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the read")
+	}
+}
+
+// parkedInNetpoll reports whether some goroutine waits for a socket to become readable.
+func parkedInNetpoll() bool {
+	buf := make([]byte, 1<<20)
+	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("[IO wait"))
+}
+
+func TestWriteAfterResetIsASyscallError(t *testing.T) {
+	w, p := pair(t)
+	p.(*net.TCPConn).SetLinger(0)
+	p.Close() // an RST
+	var err error
+	deadline := time.Now().Add(5 * time.Second)
+	for err == nil && time.Now().Before(deadline) {
+		_, err = w.Write([]byte("x"))
+	}
+	require.Error(t, err)
+	var se *os.SyscallError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, "write", se.Syscall)
+	var oe *net.OpError
+	require.ErrorAs(t, err, &oe)
+	assert.False(t, errors.Is(err, net.ErrClosed))
+}
