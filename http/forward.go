@@ -161,6 +161,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	}
 	if !relayed {
 		rerr, werr = copyBody(t, fl, resp.Body, flush)
+		if !flush && rerr == nil && werr == nil && fl != nil {
+			// The whole answer is written: it leaves now, not after the lease's release, the
+			// metrics and the access log.
+			werr = fl.FlushError()
+		}
 	}
 
 	res := forwardResult{outcome: statusOutcome(resp.StatusCode)}
