@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/lmproxy/lmproxy/http/relay"
 	"github.com/lmproxy/lmproxy/messages"
 )
 
@@ -155,12 +156,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 		fl.FlushError() // headers leave now, not with a slow first token
 	}
 	var rerr, werr error
-	atBoundary, relayed := true, false
+	line, relayed := relay.EventEnd, false
 	if flush {
-		rerr, werr, atBoundary, relayed = s.relayBody(ctx, t, resp)
+		rerr, werr, line, relayed = s.relayBody(ctx, t, resp)
 	}
 	if !relayed {
-		rerr, werr = copyBody(t, fl, resp.Body, flush)
+		rerr, werr, line = copyBody(t, fl, resp.Body, flush)
 		if !flush && rerr == nil && werr == nil && fl != nil {
 			// The whole answer is written: it leaves now, not after the lease's release, the
 			// metrics and the access log.
@@ -179,7 +180,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 			status, msg = http.StatusGatewayTimeout, "the replica did not finish within the upstream timeout"
 			res.outcome = messages.Timeout
 		}
-		if sse && resp.StatusCode < 300 && atBoundary {
+		if sse && resp.StatusCode < 300 && line != relay.MidLine {
+			if line == relay.LineEnd {
+				t.Write([]byte("\n")) // the replica's unfinished event ends before the error's
+			}
 			t.Write(sseErrorEvent(status, msg))
 			if fl != nil {
 				fl.FlushError()

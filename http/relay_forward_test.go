@@ -60,24 +60,68 @@ func startRawStreamReplica(t *testing.T, events []string, tail string) *rawStrea
 	return r
 }
 
-// A replica that fails in the middle of an SSE event cuts the client's connection: the client
-// must see a broken answer, never an answer that looks complete, and no error event glued onto
-// half an event. The request leaves nothing counted.
-func TestStreamCutInsideAnEventCutsTheClient(t *testing.T) {
-	rep := startRawStreamReplica(t, []string{"data: {\"i\":0}\n\n"}, "e\r\ndata: {\"i\"")
-	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
-	addURL(t, p, rep.URL)
+// A replica that fails inside an SSE event: what the client got of the stream ends with whole
+// lines, then one error event and a clean end (SPEC §7). The unfinished chunk or line is held back
+// and dropped; an event left open after a whole line is ended by a blank line first. Only in the
+// relay, which passes whole chunks on unchanged, does a chunk that ends inside a line (a replica
+// splitting an event across chunks) leave nothing but to cut the connection. Both ways of passing a stream on are covered: the relay (plain
+// HTTP/1.1 clients) and the copy (TLS clients).
+func TestStreamCutInsideAnEvent(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		events []string // whole chunks
+		tail   string   // then this, then the connection closes
+		want   []string // the data lines the client gets, before the error event
+		cut    bool     // the relay cuts the client's connection instead (the copy holds whole lines)
+	}{
+		{"inside a chunk", []string{"data: {\"i\":0}\n\n"}, "e\r\ndata: {\"i\"", []string{`{"i":0}`}, false},
+		{"inside a chunk's size", []string{"data: {\"i\":0}\n\n"}, "1", []string{`{"i":0}`}, false},
+		{"after a whole line", []string{"data: {\"i\":0}\n\n", "data: {\"i\":1}\n"}, "", []string{`{"i":0}`, `{"i":1}`}, false},
+		{"a chunk ending inside a line", []string{"data: {\"i\":0}\n\n", "data: {\"i\""}, "", []string{`{"i":0}`}, true},
+	} {
+		for _, secure := range []bool{false, true} {
+			name := tc.name + "/relay"
+			if secure {
+				name = tc.name + "/copy"
+			}
+			t.Run(name, func(t *testing.T) {
+				rep := startRawStreamReplica(t, tc.events, tc.tail)
+				cfg, client := proxytest.ProxyConfig{}, http.DefaultClient
+				if secure {
+					certs := httptest.NewTLSServer(http.NotFoundHandler())
+					defer certs.Close()
+					cfg.HTTP.TLS = certs.TLS.Clone()
+					client = certs.Client()
+				}
+				p := proxytest.StartProxy(t, cfg)
+				add, err := client.Post(p.URL+"/nodes/add", "application/json", strings.NewReader(`{"url":"`+rep.URL+`"}`))
+				require.NoError(t, err)
+				add.Body.Close()
+				require.Equal(t, http.StatusOK, add.StatusCode)
 
-	resp, err := http.Post(p.URL+"/v1/chat/completions", "application/json",
-		strings.NewReader(`{"model":"raw","stream":true}`))
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	got, err := io.ReadAll(resp.Body)
-	require.ErrorIs(t, err, io.ErrUnexpectedEOF, "a cut answer, not a clean end: %q", got)
-	require.True(t, strings.HasPrefix(string(got), "data: {\"i\":0}\n\n"), "%q", got)
-	require.NotContains(t, string(got), `"error"`)
-	p.WaitIdle(t, 5*time.Second)
+				resp, err := client.Post(p.URL+"/v1/chat/completions", "application/json",
+					strings.NewReader(`{"model":"raw","stream":true}`))
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				got, err := io.ReadAll(resp.Body)
+				if tc.cut && !secure {
+					require.ErrorIs(t, err, io.ErrUnexpectedEOF, "a cut answer, not a clean end: %q", got)
+					require.NotContains(t, string(got), `"error"`)
+					p.WaitIdle(t, 5*time.Second)
+					return
+				}
+				require.NoError(t, err, "%q", got)
+				events := strings.Split(strings.TrimSuffix(string(got), "\n\n"), "\n\n")
+				require.Len(t, events, len(tc.want)+1, "%q", got)
+				for i, w := range tc.want {
+					require.Equal(t, "data: "+w, events[i], "%q", got)
+				}
+				require.True(t, strings.HasPrefix(events[len(tc.want)], `data: {"error":`), "%q", got)
+				p.WaitIdle(t, 5*time.Second)
+			})
+		}
+	}
 }
 
 // A replica that fails between two events gets one error event after them and a clean end, as

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"sync"
@@ -44,7 +45,12 @@ var (
 // copyBody copies an upstream body to the client, flushing after every read when flush is set, so
 // each SSE event leaves as soon as it arrives. It tells a read error (the replica failed) from a write
 // error (the client left), which need different endings. It records the time to the first byte.
-func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr error) {
+//
+// A flushed body is passed on up to its last line end: the start of a line the replica has not
+// finished is held back (up to maxHeldLine bytes), so that a replica failing inside it leaves the
+// client after a whole line, where an error event can still follow. line is where the data written
+// stands.
+func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr error, line relay.LineState) {
 	pool := &bodyBuffers
 	if flush {
 		pool = &streamBuffers
@@ -53,29 +59,60 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 	defer pool.Put(bp)
 	buf := *bp
 	var last byte // the byte before this read, so an event end split across reads still counts
+	var held []byte
 	for {
 		n, err := src.Read(buf)
+		out := buf[:n]
 		if n > 0 {
 			if t.ttft == 0 {
 				t.ttft = time.Since(t.start)
 			}
 			if flush {
-				t.events += relay.CountEvents(buf[:n], &last)
+				t.events += relay.CountEvents(out, &last)
+				out, held = wholeLines(out, held, err == io.EOF)
 			}
-			if _, werr = t.Write(buf[:n]); werr != nil {
-				return nil, werr
+		}
+		if len(out) > 0 {
+			line = relay.LineOf(line, out)
+			if _, werr = t.Write(out); werr != nil {
+				return nil, werr, line
 			}
 			if flush && fl != nil {
 				if werr = fl.FlushError(); werr != nil {
-					return nil, werr
+					return nil, werr, line
 				}
 			}
 		}
 		if err == io.EOF {
-			return nil, nil
+			if len(held) > 0 {
+				line = relay.LineOf(line, held)
+				if _, werr = t.Write(held); werr == nil && fl != nil {
+					werr = fl.FlushError()
+				}
+			}
+			return nil, werr, line
 		}
 		if err != nil {
-			return err, nil
+			return err, nil, line
 		}
 	}
+}
+
+// maxHeldLine bounds the unfinished line copyBody holds back: a longer line is passed on as it
+// arrives.
+const maxHeldLine = 16 << 10
+
+// wholeLines returns what of held followed by p can be written now, up to the last line end, and
+// what is held back; at the body's end (or past maxHeldLine) nothing is held back.
+func wholeLines(p, held []byte, end bool) (out, rest []byte) {
+	cut := bytes.LastIndexByte(p, '\n') + 1
+	if end || len(held)+len(p)-cut > maxHeldLine {
+		cut = len(p)
+	}
+	out = p[:cut]
+	if len(held) > 0 && cut > 0 {
+		out = append(held, out...)
+		held = nil
+	}
+	return out, append(held, p[cut:]...)
 }

@@ -26,20 +26,20 @@ var (
 // chunk framing unchanged, when both sockets are plain TCP and the client's answer is chunked too.
 // It reports relayed false when it could not start (nothing was done then, and the caller copies
 // the body itself); otherwise, like copyBody, a read error (the replica failed, or ctx ended) or a
-// write error (the client left), and whether the client got whole chunks only, so that an error
-// event can still follow.
-func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response) (rerr, werr error, atBoundary, relayed bool) {
+// write error (the client left), and where the data the client got stands: MidLine unless it got
+// whole chunks ending with a whole line, after which an error event can still follow.
+func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response) (rerr, werr error, line relay.LineState, relayed bool) {
 	pb, ok := resp.Body.(*pooledBody)
 	if s.relay == nil || !ok || pb.c.fd < 0 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
-		return nil, nil, true, false
+		return nil, nil, relay.EventEnd, false
 	}
 	rw, ok := writerAs[rawWriter](t.ResponseWriter)
 	if !ok {
-		return nil, nil, true, false
+		return nil, nil, relay.EventEnd, false
 	}
 	client := rw.RawChunked()
 	if client < 0 {
-		return nil, nil, true, false
+		return nil, nil, relay.EventEnd, false
 	}
 	// What the replica sent with its headers is still in the connection's read buffer; the buffer
 	// goes back to its pool for the stream's life.
@@ -76,5 +76,11 @@ func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response)
 	case !res.Ended:
 		rerr = errStreamCut
 	}
-	return rerr, werr, res.AtBoundary, true
+	switch {
+	case !res.AtBoundary:
+		line = relay.MidLine
+	case res.OpenEvent:
+		line = relay.LineEnd
+	}
+	return rerr, werr, line, true
 }

@@ -30,14 +30,21 @@ const (
 // the SSE events in the data.
 type Framing struct {
 	state  int
-	size   int64 // data bytes left in the current chunk, or the size being read
-	last   byte  // the data byte before this read, so an event end split across reads still counts
-	Events int   // SSE event ends ("\n\n") seen in the data
+	size   int64  // data bytes left in the current chunk, or the size being read
+	last   byte   // the data byte before this read, so an event end split across reads still counts
+	tail   uint32 // the last three data bytes
+	Events int    // SSE event ends ("\n\n") seen in the data
+
+	// After a Scan: safe is how many of its bytes end at the last chunk end in them (0: none),
+	// and safeTail the last three data bytes at that point.
+	safe     int
+	safeTail uint32
 }
 
 // Scan follows p. It returns how many of p's bytes belong to the body: fewer than len(p) only when
 // the body ended within p. After an error nothing more of the body is valid.
 func (f *Framing) Scan(p []byte) (int, error) {
+	f.safe, f.safeTail = 0, f.tail
 	for i := 0; i < len(p); i++ {
 		b := p[i]
 		switch f.state {
@@ -70,6 +77,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 			}
 			data := p[i : i+int(n)]
 			f.Events += CountEvents(data, &f.last)
+			f.tail = appendTail(f.tail, data)
 			f.size -= n
 			i += int(n) - 1
 			if f.size == 0 {
@@ -85,6 +93,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				return i, ErrFraming
 			}
 			f.state = stSize
+			f.safe, f.safeTail = i+1, f.tail
 		case stTrailer:
 			switch b {
 			case '\r':
@@ -118,6 +127,59 @@ func (f *Framing) Done() bool { return f.state == stDone }
 // AtBoundary reports whether the bytes so far end between two chunks, where another chunk may be
 // written.
 func (f *Framing) AtBoundary() bool { return f.state == stSize }
+
+// Safe returns how many bytes of the last Scan end at the last chunk end in them (0 when none
+// did), and where the data stood there (see LineState).
+func (f *Framing) Safe() (int, LineState) { return f.safe, lineState(f.safeTail) }
+
+// Line returns where the data stands after everything scanned.
+func (f *Framing) Line() LineState { return lineState(f.tail) }
+
+// LineOf returns where data stands after p, when it stood at prev before.
+func LineOf(prev LineState, p []byte) LineState {
+	var tail uint32
+	switch prev {
+	case LineEnd:
+		tail = 0x0A
+	case MidLine:
+		tail = 'x'
+	}
+	return lineState(appendTail(tail, p))
+}
+
+// LineState is where an SSE stream's data stands: what may be written after it.
+type LineState int
+
+const (
+	// EventEnd: nothing yet, or an event just ended: another event may follow.
+	EventEnd LineState = iota
+	// LineEnd: a whole line of an event that has not ended: a blank line must end it first.
+	LineEnd
+	// MidLine: inside a line: nothing can follow without corrupting it.
+	MidLine
+)
+
+func lineState(tail uint32) LineState {
+	switch {
+	case tail == 0, tail&0xFFFF == 0x0A0A, tail == 0x0A0D0A: // "", "\n\n", "\n\r\n"
+		return EventEnd
+	case tail&0xFF == 0x0A:
+		return LineEnd
+	}
+	return MidLine
+}
+
+// appendTail returns the last three bytes of tail's bytes followed by data.
+func appendTail(tail uint32, data []byte) uint32 {
+	if len(data) >= 3 {
+		data = data[len(data)-3:]
+		tail = 0
+	}
+	for _, b := range data {
+		tail = tail<<8 | uint32(b)
+	}
+	return tail & 0xFFFFFF
+}
 
 func hexValue(b byte) (byte, bool) {
 	switch {

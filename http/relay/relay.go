@@ -20,12 +20,17 @@ type Result struct {
 	// reused unless Reusable says otherwise.
 	Ended    bool
 	Reusable bool
-	// AtBoundary (when not Ended): the client got whole chunks only, so the answer can go on with
-	// another chunk (an error event) and its end.
+	// AtBoundary (when not Ended): the client got whole chunks only, ending with a whole line, so
+	// the answer can go on with another chunk (an error event) and its end. A chunk the replica
+	// had not finished sending is held back (see maxHeld) so that a failure inside it leaves the
+	// client at a boundary.
 	AtBoundary bool
-	UpErr      error // the replica's side failed or ended early
-	ClientErr  error // a write to the client failed: it left
-	Cancelled  bool  // the context ended first
+	// OpenEvent (with AtBoundary): the data ends inside an SSE event, after a whole line; a blank
+	// line must end that event before another is written.
+	OpenEvent bool
+	UpErr     error // the replica's side failed or ended early
+	ClientErr error // a write to the client failed: it left
+	Cancelled bool  // the context ended first
 }
 
 // ErrReplicaClosed is a replica that closed its connection before its body ended.

@@ -15,6 +15,11 @@ import (
 // read what a replica sent between two wake-ups.
 const loopBufferSize = 64 << 10
 
+// maxHeld bounds what of an unfinished chunk a stream holds back: a larger chunk is passed on as
+// it arrives (and a failure inside it can no longer be followed by an error event). SSE events
+// are far smaller.
+const maxHeld = 16 << 10
+
 // Relay is a set of event loops; streams are spread over them in turn.
 type Relay struct {
 	loops []*loop
@@ -56,7 +61,7 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte) (res Resul
 			return Result{UpErr: err, FirstByte: s.res.FirstByte}, true
 		}
 		s.res.Reusable = n == len(head)
-		if !s.writeClient(head[:n]) {
+		if !s.forward(head[:n]) {
 			return s.result(), true
 		}
 		if s.f.Done() && len(s.backlog) == 0 {
@@ -82,13 +87,17 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte) (res Resul
 
 // stream is one relayed body. Between add and done it is touched under its loop's lock only.
 type stream struct {
-	id       int32
-	up       int
-	client   int
-	f        Framing
-	backlog  []byte // written to the client when it can take it, before anything is read from up
-	res      Result
-	finished bool
+	id      int32
+	up      int
+	client  int
+	f       Framing
+	backlog []byte // written to the client when it can take it, before anything is read from up
+	held    []byte // the start of a chunk the replica has not finished sending
+	// clientLine: where the data written to the client stands; MidLine also when it ends inside
+	// a chunk.
+	clientLine LineState
+	res        Result
+	finished   bool
 	// clientWatched: the client's socket is in the loop's set (it was once slower than the
 	// replica).
 	clientWatched bool
@@ -97,11 +106,43 @@ type stream struct {
 
 func (s *stream) result() Result {
 	s.res.Events = s.f.Events
-	s.res.AtBoundary = !s.res.Ended && s.f.AtBoundary() && len(s.backlog) == 0
+	s.res.AtBoundary = !s.res.Ended && s.clientLine != MidLine && len(s.backlog) == 0
+	s.res.OpenEvent = s.res.AtBoundary && s.clientLine == LineEnd
 	if !s.res.Ended {
 		s.res.Reusable = false
 	}
 	return s.res
+}
+
+// forward passes on body bytes just scanned by s.f: whole chunks, and the start of an unfinished
+// one only when it outgrows maxHeld. It reports false when the client failed.
+func (s *stream) forward(p []byte) bool {
+	safe, line := s.f.Safe()
+	if s.f.Done() {
+		safe, line = len(p), EventEnd
+	}
+	if len(s.held)+len(p)-safe > maxHeld {
+		safe, line = len(p), MidLine
+		if s.f.AtBoundary() {
+			line = s.f.Line()
+		}
+	}
+	out := p[:safe]
+	if safe > 0 && len(s.held) > 0 {
+		s.held = append(s.held, out...)
+		out = s.held
+	}
+	if safe > 0 {
+		s.clientLine = line
+		if !s.writeClient(out) {
+			return false
+		}
+		s.held = s.held[:0]
+	}
+	if safe < len(p) {
+		s.held = append(s.held, p[safe:]...)
+	}
+	return true
 }
 
 // writeClient writes p, keeping in the backlog what the client cannot take now. It reports false
@@ -347,7 +388,7 @@ func (l *loop) upReady(s *stream, events uint32) {
 		s.res.FirstByte = time.Now()
 	}
 	body, ferr := s.f.Scan(l.buf[:n])
-	if !s.writeClient(l.buf[:body]) {
+	if !s.forward(l.buf[:body]) {
 		l.finish(s)
 		return
 	}

@@ -135,16 +135,24 @@ func TestRelayPassesAStreamThroughEventByEvent(t *testing.T) {
 	require.Equal(t, "HTTP/1.1 200 OK\r\n", string(next))
 }
 
-// A replica that fails between two chunks leaves the client at a boundary (an error event can
-// follow); one that fails inside a chunk does not.
+// A replica that fails leaves the client at a boundary (an error event can follow) when the client
+// got whole chunks ending with a whole line: a chunk the replica had not finished is held back and
+// dropped. A chunk that ends inside a line, or an unfinished one too large to hold, leaves none.
 func TestRelayReplicaFailure(t *testing.T) {
+	huge := chunkOf("data: " + strings.Repeat("a", 20<<10) + "\n\n")[:18<<10]
 	for _, tc := range []struct {
 		name       string
 		sent       string
+		got        string // what reaches the client
 		atBoundary bool
+		openEvent  bool
 	}{
-		{"between chunks", chunkOf(event(0)), true},
-		{"inside a chunk", chunkOf(event(0))[:9], false},
+		{"between chunks", chunkOf(event(0)), chunkOf(event(0)), true, false},
+		{"inside a chunk", chunkOf(event(0)) + chunkOf(event(1))[:9], chunkOf(event(0)), true, false},
+		{"inside the last chunk", chunkOf(event(0)) + "0\r\n", chunkOf(event(0)), true, false},
+		{"a chunk ending after a line", chunkOf(event(0)) + chunkOf("data: x\n"), chunkOf(event(0)) + chunkOf("data: x\n"), true, true},
+		{"a chunk ending inside a line", chunkOf(event(0)) + chunkOf("data: {"), chunkOf(event(0)) + chunkOf("data: {"), false, false},
+		{"a chunk too large to hold", huge, huge, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRelay(t)
@@ -152,17 +160,45 @@ func TestRelayReplicaFailure(t *testing.T) {
 			ch := run(context.Background(), r, up, client, nil)
 			io.WriteString(up.far, tc.sent)
 			client.far.SetReadDeadline(time.Now().Add(wait))
-			got := make([]byte, len(tc.sent))
+			got := make([]byte, len(tc.got))
 			_, err := io.ReadFull(client.far, got)
 			require.NoError(t, err)
+			require.Equal(t, tc.got, string(got))
 			up.far.Close()
 			res := result(t, ch)
 			require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed)
 			require.False(t, res.Ended)
 			require.False(t, res.Reusable)
 			require.Equal(t, tc.atBoundary, res.AtBoundary)
+			require.Equal(t, tc.openEvent, res.OpenEvent)
+			require.Equal(t, int64(len(tc.got)), res.Written)
+			// Nothing more reached the client.
+			client.far.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			n, _ := client.far.Read(make([]byte, 1))
+			require.Zero(t, n)
 		})
 	}
+}
+
+// The start of a chunk that arrives in pieces is held until the chunk is whole, then passed on.
+func TestRelayPassesAChunkOnOnceWhole(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	c := chunkOf(event(0))
+	ch := run(context.Background(), r, up, client, []byte(c[:4]))
+	for i := 4; i < len(c); i += 5 {
+		io.WriteString(up.far, c[i:min(i+5, len(c))])
+		time.Sleep(time.Millisecond) // separate reads, most of the time
+	}
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	got := make([]byte, len(c))
+	_, err := io.ReadFull(client.far, got)
+	require.NoError(t, err)
+	require.Equal(t, c, string(got))
+	io.WriteString(up.far, "0\r\n\r\n")
+	res := result(t, ch)
+	require.True(t, res.Ended)
+	require.Equal(t, int64(len(c)+5), res.Written)
 }
 
 // A replica whose close arrives with its last bytes is noticed: the read that returns the bytes
