@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -55,6 +56,8 @@ type conn struct {
 	watchID int32
 
 	linger bool // the client may still be sending what the server did not read: see lingerClose
+
+	headDeadline bool // the read deadline is ReadHeaderTimeout's, for a head that had not all arrived
 
 	mu       sync.Mutex
 	state    connState
@@ -146,18 +149,29 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	if !ok {
 		return false
 	}
-	if h := c.s.ReadHeaderTimeout; h > 0 {
+	// Most heads arrive whole with their first byte: reading them cannot wait, so they need no
+	// deadline of their own (a deadline costs a runtime timer update each time it is set).
+	switch h := c.s.ReadHeaderTimeout; {
+	case h > 0 && !headBuffered(br):
 		c.setReadDeadline(time.Now().Add(h))
-	} else if d > 0 {
+		c.headDeadline = true
+	case d > 0:
 		c.setReadDeadline(time.Time{})
 	}
 	return true
 }
 
+// headBuffered reports whether br holds a whole request head: a line end, then an empty line.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
+}
+
 // handle serves one request and reports whether the connection can carry another.
 func (c *conn) handle(req *http.Request, b *body) (keep bool) {
-	if c.s.ReadHeaderTimeout > 0 {
+	if c.headDeadline {
 		c.setReadDeadline(time.Time{})
+		c.headDeadline = false
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.mu.Lock()

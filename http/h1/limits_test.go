@@ -75,20 +75,33 @@ func TestReadHeaderTimeoutClosesTrickle(t *testing.T) {
 	}
 }
 
-// TestReadHeaderTimeoutSparesBody: the timeout bounds the head only, not a body that comes later.
-// The clock is a second connection that sends nothing: it is cut once a timeout has passed.
+// TestReadHeaderTimeoutSparesBody: the timeout bounds the head only, not a body that comes later:
+// after a head that arrived whole (which sets no deadline of its own) or in pieces, on a first
+// request and on a next one. The clock is a second connection that sends nothing: it is cut once a
+// timeout has passed.
 func TestReadHeaderTimeoutSparesBody(t *testing.T) {
 	const timeout = 100 * time.Millisecond
-	h := &countingHandler{}
-	ts := startH1(t, &h1.Server{Handler: h, ReadHeaderTimeout: timeout})
-	rc := dialRaw(t, ts.addr)
-	rc.write("POST /slow-body HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
-	if !dialRaw(t, ts.addr).waitClosed(waitLimit) {
-		t.Fatal("a silent connection was not cut")
-	}
-	rc.write("hello")
-	if resp, body := rc.mustRead("POST"); resp.StatusCode != 200 || body != "/slow-body" {
-		t.Fatalf("answer %d %q", resp.StatusCode, body)
+	for _, split := range []bool{false, true} {
+		t.Run(map[bool]string{false: "whole head", true: "head in pieces"}[split], func(t *testing.T) {
+			h := &countingHandler{}
+			ts := startH1(t, &h1.Server{Handler: h, ReadHeaderTimeout: timeout})
+			rc := dialRaw(t, ts.addr)
+			for _, path := range []string{"/slow-body", "/next-slow-body"} {
+				head := "POST " + path + " HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+				if split {
+					rc.write(head[:10])
+					head = head[10:]
+				}
+				rc.write(head)
+				if !dialRaw(t, ts.addr).waitClosed(waitLimit) {
+					t.Fatal("a silent connection was not cut")
+				}
+				rc.write("hello")
+				if resp, body := rc.mustRead("POST"); resp.StatusCode != 200 || body != path {
+					t.Fatalf("answer %d %q", resp.StatusCode, body)
+				}
+			}
+		})
 	}
 }
 
