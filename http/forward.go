@@ -171,7 +171,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 
 	res := forwardResult{outcome: statusOutcome(resp.StatusCode)}
 	switch {
-	case werr != nil || r.Context().Err() != nil:
+	case werr != nil || rerr != nil && r.Context().Err() != nil:
+		// A client that leaves once it has the whole answer (its end is flushed before this) did
+		// not leave early: only a cut answer is a disconnect.
 		res.outcome = messages.ClientGone
 	case rerr != nil:
 		status, msg := http.StatusBadGateway, "the replica failed mid-answer: "+rerr.Error()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -121,4 +122,36 @@ func keys(m map[string]float64) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// leavingClient is a response writer whose client leaves the moment an answer is flushed to it.
+type leavingClient struct {
+	header http.Header
+	status int
+	body   strings.Builder
+	leave  context.CancelFunc
+}
+
+func (c *leavingClient) Header() http.Header         { return c.header }
+func (c *leavingClient) WriteHeader(status int)      { c.status = status }
+func (c *leavingClient) Write(p []byte) (int, error) { return c.body.Write(p) }
+func (c *leavingClient) FlushError() error           { c.leave(); return nil }
+
+// A client that leaves as soon as it has the whole answer did not leave early: no disconnect is
+// counted. (The proxy flushes a whole answer before its bookkeeping, so the client's hang-up can
+// come first; it was counted as one, and logged as client_gone.)
+func TestLeavingAfterTheWholeAnswerIsNoDisconnect(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{Tokens: 2})
+	ctx, leave := context.WithCancel(context.Background())
+	defer leave()
+	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/v1/chat/completions", strings.NewReader(`{"model":"sim-model"}`))
+	req.Header.Set("Content-Type", "application/json")
+	w := &leavingClient{header: http.Header{}, leave: leave}
+	p.Proxy.Server.Handler().ServeHTTP(w, req)
+	require.Equal(t, http.StatusOK, w.status, w.body.String())
+	require.Error(t, ctx.Err(), "the answer was flushed")
+	m := scrape(t, p.URL)
+	require.EqualValues(t, 1, sum(m, "lmproxy_requests_total{", `route="/v1/chat/completions"`, `status="200"`))
+	require.Zero(t, sum(m, "lmproxy_client_disconnects_total{"))
+	p.WaitIdle(t, 2*time.Second)
 }
