@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -165,6 +166,20 @@ func TestRestoredReplicaIsProbedBeforeItGetsTraffic(t *testing.T) {
 	first.MustAdd(t, live, dead)
 	first.Close()
 	require.NoError(t, dead.Close())
+	// Keep the dead replica's port: another test's server (any package's, running alongside)
+	// could be given it and answer the probes. What listens there now hangs up at once.
+	grave, err := net.Listen("tcp", strings.TrimPrefix(dead.URL, "http://"))
+	require.NoError(t, err)
+	defer grave.Close()
+	go func() {
+		for {
+			c, err := grave.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 
 	second := proxytest.StartProxy(t, restartConfig(state))
 	// Until its first probe even the live replica is not routable (503): wait for it.
