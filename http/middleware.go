@@ -138,7 +138,7 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	if t.replica != "" {
 		s.cfg.Metrics.SSEEvents(t.replica, t.events)
 	}
-	if !infoEnabled(s.log) {
+	if !infoEnabled(s.access) {
 		return // building the line costs a dozen allocations: not for a line nobody reads
 	}
 	f := logrus.Fields{
@@ -161,7 +161,7 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	if t.decided {
 		f["outcome"] = t.outcome.String()
 	}
-	entry := s.log.WithFields(f)
+	entry := s.access.WithFields(f)
 	var e *Error
 	if t.err != nil && !errors.As(t.err, &e) {
 		entry = entry.WithError(t.err)

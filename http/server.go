@@ -34,6 +34,7 @@ type Config struct {
 	Metrics         *metrics.Metrics // nil: no /metrics
 	TLS             *tls.Config
 	Log             logrus.FieldLogger
+	AccessLog       logrus.FieldLogger // the access log's lines (one per request); nil: Log
 }
 
 // Server is the proxy's HTTP server.
@@ -41,6 +42,7 @@ type Server struct {
 	cfg       Config
 	reg       *actors.Registry
 	log       logrus.FieldLogger
+	access    logrus.FieldLogger // the access log
 	apiKeys   [][]byte
 	adminKeys [][]byte
 	upstream  *upstream
@@ -81,10 +83,14 @@ func New(cfg Config, reg *actors.Registry) *Server {
 		l.SetOutput(io.Discard)
 		cfg.Log = l
 	}
+	if cfg.AccessLog == nil {
+		cfg.AccessLog = cfg.Log
+	}
 	s := &Server{
 		cfg:     cfg,
 		reg:     reg,
 		log:     cfg.Log,
+		access:  cfg.AccessLog,
 		admin:   &http.Client{Timeout: cfg.ProbeTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
 		router:  mux.NewRouter(),
 		started: time.Now(),

@@ -111,10 +111,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return s.exit(err, stdout, stderr)
 	}
-	log := o.log.logger(stderr)
+	// The access log's lines wait up to accessLogInterval to go out in batches; every other line
+	// goes out at once, after them.
+	batch := newLogBatch(stderr, accessLogInterval)
+	defer batch.Close()
+	log := o.log.logger(batch.Direct())
 	defer routeSlog(log)()
-	return o.serve(ctx, log, tlsCfg)
+	return o.serve(ctx, log, o.log.logger(batch), tlsCfg)
 }
+
+// accessLogInterval is how long an access line may wait to go out with others.
+const accessLogInterval = 200 * time.Millisecond
 
 // tlsConfig loads the key pair when TLS is asked for: --ssl takes the files from --tls-key and
 // --tls-cert or else from LMDeploy's $SSL_KEYFILE and $SSL_CERTFILE; --tls-key or --tls-cert alone
@@ -159,8 +166,9 @@ func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config) (lmht
 }
 
 // serve runs the proxy until ctx ends and returns the exit status.
-func (o *serveOptions) serve(ctx context.Context, log *logrus.Logger, tlsCfg *tls.Config) int {
+func (o *serveOptions) serve(ctx context.Context, log, access *logrus.Logger, tlsCfg *tls.Config) int {
 	hc, ac := o.configs(log, tlsCfg)
+	hc.AccessLog = access
 	stateFile := o.stateFile
 	if o.disableCacheStatus {
 		stateFile = ""

@@ -163,3 +163,28 @@ func writeSelfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPoo
 	pool.AddCert(parsed)
 	return certFile, keyFile, pool
 }
+
+// The access log's lines go out in batches, soon after their requests, and every one of them
+// before the shutdown's lines.
+func TestServeWritesTheAccessLog(t *testing.T) {
+	r := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	s, base := startServe(t, "--nodes", r.URL)
+	waitRegistered(t, base, r.URL)
+	c := newClient(t)
+	for i := 0; i < 3; i++ {
+		resp, err := c.Get(base + "/v1/models")
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	s.stderr.waitFor(t, `"path":"/v1/models"`)
+	resp, err := c.Get(base + "/health")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 0, s.stop(t))
+	log := s.stderr.String()
+	require.Equal(t, 3, strings.Count(log, `"path":"/v1/models"`), log)
+	last := strings.Index(log, `"path":"/health"`)
+	require.Positive(t, last, "the last access line was written at shutdown: %s", log)
+	require.Less(t, last, strings.Index(log, `"msg":"shutting down`), log)
+}
