@@ -13,17 +13,29 @@ import (
 // concurrent reads (or writes) are serialised by the connection's own locks.
 type Conn struct {
 	*net.TCPConn
-	rc syscall.RawConn
+	rd, wr rawOp
+}
 
-	rbuf   []byte
-	rn     int
-	rerr   error
-	readFn func(uintptr) bool
+// rawOp is one direction of a Conn: the function RawConn runs, and what it works on. Both are made
+// once per connection, so a call allocates nothing.
+type rawOp struct {
+	wait func(func(uintptr) bool) error // RawConn's Read or Write
+	fn   func(uintptr) bool
+	buf  []byte
+	n    int
+	err  error
+}
 
-	wbuf    []byte
-	wn      int
-	werr    error
-	writeFn func(uintptr) bool
+// do runs the operation on p and returns what it did; a RawConn error (deadline, closed) wins.
+func (o *rawOp) do(p []byte) (int, error) {
+	o.buf = p
+	err := o.wait(o.fn)
+	n, oerr := o.n, o.err
+	o.buf, o.n, o.err = nil, 0, nil
+	if err == nil {
+		err = oerr
+	}
+	return n, err
 }
 
 // Wrap returns c as a Conn when it is a TCP connection, or c itself.
@@ -36,9 +48,9 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	x := &Conn{TCPConn: tc, rc: rc}
-	x.readFn = x.read
-	x.writeFn = x.write
+	x := &Conn{TCPConn: tc}
+	x.rd = rawOp{wait: rc.Read, fn: x.read}
+	x.wr = rawOp{wait: rc.Write, fn: x.write}
 	return x
 }
 
@@ -46,13 +58,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	c.rbuf = p
-	err := c.rc.Read(c.readFn)
-	n, rerr := c.rn, c.rerr
-	c.rbuf, c.rn, c.rerr = nil, 0, nil
-	if err == nil {
-		err = rerr
-	}
+	n, err := c.rd.do(p)
 	if err != nil {
 		return n, c.opError("read", err)
 	}
@@ -65,48 +71,42 @@ func (c *Conn) Read(p []byte) (int, error) {
 // read is the Read function for RawConn.Read: false means wait until the socket is readable.
 func (c *Conn) read(fd uintptr) bool {
 	for {
-		n, err := Read(int(fd), c.rbuf)
+		n, err := Read(int(fd), c.rd.buf)
 		switch err {
 		case nil:
-			c.rn = n
+			c.rd.n = n
 			return true
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false
 		default:
-			c.rerr = err
+			c.rd.err = err
 			return true
 		}
 	}
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
-	c.wbuf, c.wn = p, 0
-	err := c.rc.Write(c.writeFn)
-	n, werr := c.wn, c.werr
-	c.wbuf, c.wn, c.werr = nil, 0, nil
-	if err == nil {
-		err = werr
-	}
+	n, err := c.wr.do(p)
 	if err != nil {
 		return n, c.opError("write", err)
 	}
 	return n, nil
 }
 
-// write is the Write function for RawConn.Write: it writes all of wbuf, or asks to wait.
+// write is the Write function for RawConn.Write: it writes all of buf, or asks to wait.
 func (c *Conn) write(fd uintptr) bool {
-	for c.wn < len(c.wbuf) {
-		n, err := Write(int(fd), c.wbuf[c.wn:])
+	for c.wr.n < len(c.wr.buf) {
+		n, err := Write(int(fd), c.wr.buf[c.wr.n:])
 		switch err {
 		case nil:
-			c.wn += n
+			c.wr.n += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false
 		default:
-			c.werr = err
+			c.wr.err = err
 			return true
 		}
 	}

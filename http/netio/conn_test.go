@@ -138,3 +138,24 @@ func TestWriteAfterResetIsASyscallError(t *testing.T) {
 	require.ErrorAs(t, err, &oe)
 	assert.False(t, errors.Is(err, net.ErrClosed))
 }
+
+// A read and a write on a wrapped connection allocate nothing: they are on every request's path.
+func TestReadWriteAllocateNothing(t *testing.T) {
+	w, p := pair(t)
+	msg, buf := []byte("ping"), make([]byte, 16)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := w.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(p, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(w, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
