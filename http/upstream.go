@@ -307,10 +307,8 @@ func (c *upConn) alive() bool {
 		return false
 	}
 	open := false
-	var b [1]byte
 	if err := rc.Read(func(fd uintptr) bool {
-		_, _, perr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = perr == syscall.EAGAIN
+		open = netio.PeekOpen(fd)
 		return true
 	}); err != nil {
 		return false
