@@ -121,7 +121,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // accessLogInterval is how long an access line may wait to go out with others.
-const accessLogInterval = 200 * time.Millisecond
+const accessLogInterval = 100 * time.Millisecond
 
 // tlsConfig loads the key pair when TLS is asked for: --ssl takes the files from --tls-key and
 // --tls-cert or else from LMDeploy's $SSL_KEYFILE and $SSL_CERTFILE; --tls-key or --tls-cert alone
