@@ -35,16 +35,18 @@ type Framing struct {
 	tail   uint32 // the last three data bytes
 	Events int    // SSE event ends ("\n\n") seen in the data
 
-	// After a Scan: safe is how many of its bytes end at the last chunk end in them (0: none),
-	// and safeTail the last three data bytes at that point.
+	// After a Scan: safe is how many of its bytes end at the last chunk end in them, or at the
+	// end of the last chunk's data when its line end has not come (0: neither), safeTail the last
+	// three data bytes there, and safeOpen whether it is the latter.
 	safe     int
 	safeTail uint32
+	safeOpen bool
 }
 
 // Scan follows p. It returns how many of p's bytes belong to the body: fewer than len(p) only when
 // the body ended within p. After an error nothing more of the body is valid.
 func (f *Framing) Scan(p []byte) (int, error) {
-	f.safe, f.safeTail = 0, f.tail
+	f.safe, f.safeTail, f.safeOpen = 0, f.tail, false
 	for i := 0; i < len(p); i++ {
 		b := p[i]
 		switch f.state {
@@ -82,6 +84,9 @@ func (f *Framing) Scan(p []byte) (int, error) {
 			i += int(n) - 1
 			if f.size == 0 {
 				f.state = stDataCR
+				// A replica may send a chunk's line end only with the next chunk: its data
+				// must not wait for it.
+				f.safe, f.safeTail, f.safeOpen = i+1, f.tail, true
 			}
 		case stDataCR:
 			if b != '\r' {
@@ -93,7 +98,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				return i, ErrFraming
 			}
 			f.state = stSize
-			f.safe, f.safeTail = i+1, f.tail
+			f.safe, f.safeTail, f.safeOpen = i+1, f.tail, false
 		case stTrailer:
 			switch b {
 			case '\r':
@@ -128,9 +133,15 @@ func (f *Framing) Done() bool { return f.state == stDone }
 // written.
 func (f *Framing) AtBoundary() bool { return f.state == stSize }
 
-// Safe returns how many bytes of the last Scan end at the last chunk end in them (0 when none
-// did), and where the data stood there (see LineState).
-func (f *Framing) Safe() (int, LineState) { return f.safe, lineState(f.safeTail) }
+// Safe returns how many bytes of the last Scan can go to the client now: up to the last chunk end
+// in them, or the end of the last chunk's data (0 when neither), and where the data stood there
+// (see LineState; MidLine before a chunk's line end).
+func (f *Framing) Safe() (int, LineState) {
+	if f.safeOpen {
+		return f.safe, MidLine // inside the chunk framing: no chunk can follow yet
+	}
+	return f.safe, lineState(f.safeTail)
+}
 
 // Line returns where the data stands after everything scanned.
 func (f *Framing) Line() LineState { return lineState(f.tail) }

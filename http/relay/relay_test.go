@@ -201,6 +201,34 @@ func TestRelayPassesAChunkOnOnceWhole(t *testing.T) {
 	require.Equal(t, int64(len(c)+5), res.Written)
 }
 
+// A replica that sends a chunk's line end only with the next chunk: each chunk's data still goes
+// out as soon as it is whole, not one event late; failing before the line end leaves no boundary.
+func TestRelayChunkLineEndWithTheNextChunk(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	ch := run(context.Background(), r, up, client, nil)
+	var want strings.Builder
+	for i := 0; i < 3; i++ {
+		c := chunkOf(event(i))
+		c = c[:len(c)-2] // without its line end
+		if i > 0 {
+			c = "\r\n" + c // the previous chunk's
+		}
+		io.WriteString(up.far, c)
+		want.WriteString(c)
+		client.far.SetReadDeadline(time.Now().Add(wait))
+		got := make([]byte, want.Len())
+		_, err := io.ReadFull(client.far, got[:len(c)])
+		require.NoError(t, err, "event %d waited for the next chunk", i)
+		require.Equal(t, c, string(got[:len(c)]))
+	}
+	up.far.Close()
+	res := result(t, ch)
+	require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed)
+	require.False(t, res.AtBoundary, "the last chunk's line end never came")
+	require.Equal(t, int64(want.Len()), res.Written)
+}
+
 // A replica whose close arrives with its last bytes is noticed: the read that returns the bytes
 // leaves the end of the stream for a next read, and no new event comes to ask for it. (The first
 // stream of a fresh loop waited forever before the loop looked again.)
