@@ -161,7 +161,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 		rerr, werr, line, relayed = s.relayBody(ctx, t, resp)
 	}
 	if !relayed {
-		rerr, werr, line = copyBody(t, fl, resp.Body, flush)
+		rerr, werr, line = copyBody(t, fl, resp.Body, flush, sse)
 		if !flush && rerr == nil && werr == nil && fl != nil {
 			// The whole answer is written: it leaves now, not after the lease's release, the
 			// metrics and the access log.

@@ -187,3 +187,58 @@ func TestStreamsReuseTheReplicaConnection(t *testing.T) {
 	require.Len(t, conns, 1, "one connection for twenty streams")
 	p.WaitIdle(t, 5*time.Second)
 }
+
+// Only an event stream is held back to whole lines: other streamed answers pass as they arrive,
+// over the relay and over the copy (TLS clients), a line without its end included.
+func TestStreamedNonSSEAnswersAreNotHeld(t *testing.T) {
+	for _, secure := range []bool{false, true} {
+		t.Run(map[bool]string{false: "relay", true: "copy"}[secure], func(t *testing.T) {
+			release := make(chan struct{})
+			rep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				switch req.URL.Path {
+				case "/v1/models":
+					io.WriteString(w, `{"object":"list","data":[{"id":"raw"}]}`)
+					return
+				case "/health":
+					io.WriteString(w, `{"status":"healthy"}`)
+					return
+				}
+				w.Header().Set("Content-Type", "application/octet-stream")
+				io.WriteString(w, "no line end yet")
+				w.(http.Flusher).Flush()
+				select {
+				case <-release:
+				case <-req.Context().Done():
+				}
+			}))
+			defer rep.Close()
+			defer close(release)
+			cfg, client := proxytest.ProxyConfig{}, http.DefaultClient
+			if secure {
+				certs := httptest.NewTLSServer(http.NotFoundHandler())
+				defer certs.Close()
+				cfg.HTTP.TLS = certs.TLS.Clone()
+				client = certs.Client()
+			}
+			p := proxytest.StartProxy(t, cfg)
+			add, err := client.Post(p.URL+"/nodes/add", "application/json", strings.NewReader(`{"url":"`+rep.URL+`"}`))
+			require.NoError(t, err)
+			add.Body.Close()
+			require.Equal(t, http.StatusOK, add.StatusCode)
+
+			resp, err := client.Post(p.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"raw","stream":true}`))
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			got := make([]byte, len("no line end yet"))
+			read := make(chan error, 1)
+			go func() { _, err := io.ReadFull(resp.Body, got); read <- err }()
+			select {
+			case err := <-read:
+				require.NoError(t, err)
+				require.Equal(t, "no line end yet", string(got))
+			case <-time.After(5 * time.Second):
+				t.Fatal("the bytes waited for a line end")
+			}
+		})
+	}
+}

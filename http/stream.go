@@ -46,11 +46,11 @@ var (
 // each SSE event leaves as soon as it arrives. It tells a read error (the replica failed) from a write
 // error (the client left), which need different endings. It records the time to the first byte.
 //
-// A flushed body is passed on up to its last line end: the start of a line the replica has not
-// finished is held back (up to maxHeldLine bytes), so that a replica failing inside it leaves the
-// client after a whole line, where an error event can still follow. line is where the data written
-// stands.
-func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr error, line relay.LineState) {
+// An event stream (sse) is passed on up to its last line end: the start of a line the replica has
+// not finished is held back (up to maxHeldLine bytes), so that a replica failing inside it leaves
+// the client after a whole line, where an error event can still follow. line is where the data
+// written stands.
+func copyBody(t *tracked, fl flusher, src io.Reader, flush, sse bool) (rerr, werr error, line relay.LineState) {
 	pool := &bodyBuffers
 	if flush {
 		pool = &streamBuffers
@@ -69,6 +69,8 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush bool) (rerr, werr err
 			}
 			if flush {
 				t.events += relay.CountEvents(out, &last)
+			}
+			if sse {
 				out, held = wholeLines(out, held, err == io.EOF)
 			}
 		}
