@@ -158,7 +158,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	var rerr, werr error
 	line, relayed := relay.EventEnd, false
 	if flush {
-		rerr, werr, line, relayed = s.relayBody(ctx, t, resp)
+		rerr, werr, line, relayed = s.relayBody(ctx, t, resp, sse)
 	}
 	if !relayed {
 		rerr, werr, line = copyBody(t, fl, resp.Body, flush, sse)

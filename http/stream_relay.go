@@ -28,7 +28,7 @@ var (
 // the body itself); otherwise, like copyBody, a read error (the replica failed, or ctx ended) or a
 // write error (the client left), and where the data the client got stands: MidLine unless it got
 // whole chunks ending with a whole line, after which an error event can still follow.
-func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response) (rerr, werr error, line relay.LineState, relayed bool) {
+func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response, sse bool) (rerr, werr error, line relay.LineState, relayed bool) {
 	pb, ok := resp.Body.(*pooledBody)
 	if s.relay == nil || !ok || pb.c.fd < 0 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
 		return nil, nil, relay.EventEnd, false
@@ -50,7 +50,7 @@ func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response)
 	}
 	pb.c.br.Discard(len(head))
 	pb.c.dropReader()
-	res, ok := s.relay.Run(ctx, pb.c.fd, client, head)
+	res, ok := s.relay.Run(ctx, pb.c.fd, client, head, sse)
 	if !ok {
 		res = relay.Result{UpErr: errRelayClosed, AtBoundary: true} // the server is closing
 	}

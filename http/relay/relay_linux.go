@@ -51,9 +51,11 @@ func (r *Relay) Close() {
 // Run relays a chunked body from the socket up to the socket client until it ends, either side
 // fails, or ctx ends. head is what was already read of the body from up (it is written first). Both
 // sockets must be non-blocking (as every Go socket is), and nothing else may read up or write
-// client until Run returns. ok is false when the relay is closed; nothing was written then.
-func (r *Relay) Run(ctx context.Context, up, client int, head []byte) (res Result, ok bool) {
-	s := &stream{up: up, client: client, done: make(chan struct{})}
+// client until Run returns. hold asks for whole chunks only (an event stream, which an error event
+// may have to end; see Result.AtBoundary); otherwise bytes pass as they arrive. ok is false when
+// the relay is closed; nothing was written then.
+func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool) (res Result, ok bool) {
+	s := &stream{up: up, client: client, hold: hold, done: make(chan struct{})}
 	if len(head) > 0 {
 		s.res.FirstByte = time.Now()
 		n, err := s.f.Scan(head)
@@ -92,6 +94,7 @@ type stream struct {
 	client  int
 	f       Framing
 	backlog []byte // written to the client when it can take it, before anything is read from up
+	hold    bool   // whole chunks only: see Run
 	held    []byte // the start of a chunk the replica has not finished sending
 	// clientLine: where the data written to the client stands; MidLine also when it ends inside
 	// a chunk.
@@ -115,13 +118,14 @@ func (s *stream) result() Result {
 }
 
 // forward passes on body bytes just scanned by s.f: whole chunks, and the start of an unfinished
-// one only when it outgrows maxHeld. It reports false when the client failed.
+// one only when it outgrows maxHeld (or at once, unless the stream holds). It reports false when
+// the client failed.
 func (s *stream) forward(p []byte) bool {
 	safe, line := s.f.Safe()
 	if s.f.Done() {
 		safe, line = len(p), EventEnd
 	}
-	if len(s.held)+len(p)-safe > maxHeld {
+	if !s.hold || len(s.held)+len(p)-safe > maxHeld {
 		safe, line = len(p), MidLine
 		if s.f.AtBoundary() {
 			line = s.f.Line()

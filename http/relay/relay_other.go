@@ -9,6 +9,6 @@ type Relay struct{}
 
 func New(n int) *Relay  { return nil }
 func (r *Relay) Close() {}
-func (r *Relay) Run(ctx context.Context, up, client int, head []byte) (Result, bool) {
+func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool) (Result, bool) {
 	return Result{}, false
 }

@@ -64,7 +64,7 @@ func chunkOf(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
 func run(ctx context.Context, r *relay.Relay, up, client *pair, head []byte) <-chan relay.Result {
 	out := make(chan relay.Result, 1)
 	go func() {
-		res, ok := r.Run(ctx, up.fd, client.fd, head)
+		res, ok := r.Run(ctx, up.fd, client.fd, head, true)
 		if !ok {
 			res.UpErr = fmt.Errorf("relay closed")
 		}
@@ -229,6 +229,28 @@ func TestRelayChunkLineEndWithTheNextChunk(t *testing.T) {
 	require.Equal(t, int64(want.Len()), res.Written)
 }
 
+// A stream that does not hold (not an event stream) passes the start of a chunk on at once.
+func TestRelayWithoutHoldPassesBytesAtOnce(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	out := make(chan relay.Result, 1)
+	go func() {
+		res, _ := r.Run(context.Background(), up.fd, client.fd, nil, false)
+		out <- res
+	}()
+	part := chunkOf(event(0))[:9]
+	io.WriteString(up.far, part)
+	client.far.SetReadDeadline(time.Now().Add(wait))
+	got := make([]byte, len(part))
+	_, err := io.ReadFull(client.far, got)
+	require.NoError(t, err)
+	require.Equal(t, part, string(got))
+	up.far.Close()
+	res := result(t, out)
+	require.False(t, res.AtBoundary)
+	require.Equal(t, int64(len(part)), res.Written)
+}
+
 // A replica whose close arrives with its last bytes is noticed: the read that returns the bytes
 // leaves the end of the stream for a next read, and no new event comes to ask for it. (The first
 // stream of a fresh loop waited forever before the loop looked again.)
@@ -340,6 +362,6 @@ func TestRelayClose(t *testing.T) {
 	require.NoError(t, err)
 	r.Close()
 	require.True(t, result(t, ch).Cancelled)
-	_, ok := r.Run(context.Background(), up.fd, client.fd, nil)
+	_, ok := r.Run(context.Background(), up.fd, client.fd, nil, true)
 	require.False(t, ok)
 }
