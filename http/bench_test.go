@@ -16,16 +16,12 @@ import (
 func BenchmarkNonStreamRequest(b *testing.B) {
 	answer := []byte(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}`)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v1/models":
-			io.WriteString(w, `{"object":"list","data":[{"id":"m"}]}`)
-		case "/health":
-			io.WriteString(w, `{"status":"healthy"}`)
-		default:
-			io.Copy(io.Discard, r.Body)
-			w.Header().Set("Content-Type", "application/json")
-			w.Write(answer)
+		if answerProbes(w, r, "m") {
+			return
 		}
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(answer)
 	}))
 	defer up.Close()
 	p := proxytest.StartProxy(b, proxytest.ProxyConfig{})

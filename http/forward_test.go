@@ -32,24 +32,20 @@ type fixedUpstream struct {
 func startFixedUpstream(t *testing.T, status int, contentType string, answer []byte) *fixedUpstream {
 	f := &fixedUpstream{status: status, contentType: contentType, answer: answer}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v1/models":
-			io.WriteString(w, `{"object":"list","data":[{"id":"fixed"}]}`)
-		case "/health":
-			io.WriteString(w, `{"status":"healthy"}`)
-		default:
-			b, _ := io.ReadAll(r.Body)
-			f.mu.Lock()
-			f.bodies = append(f.bodies, b)
-			f.heads = append(f.heads, r.Header.Clone())
-			f.mu.Unlock()
-			w.Header().Set("Content-Type", f.contentType)
-			w.Header().Set("X-Replica-Header", "kept")
-			w.Header().Set("Connection", "X-Hop")
-			w.Header().Set("X-Hop", "dropped")
-			w.WriteHeader(f.status)
-			w.Write(f.answer)
+		if answerProbes(w, r, "fixed") {
+			return
 		}
+		b, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.bodies = append(f.bodies, b)
+		f.heads = append(f.heads, r.Header.Clone())
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", f.contentType)
+		w.Header().Set("X-Replica-Header", "kept")
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "dropped")
+		w.WriteHeader(f.status)
+		w.Write(f.answer)
 	}))
 	t.Cleanup(f.Close)
 	return f
@@ -66,6 +62,20 @@ func addURL(t *testing.T, p *proxytest.Proxy, url string) {
 	t.Helper()
 	code, body := p.Post(t, "/nodes/add", map[string]any{"url": url})
 	require.Equal(t, http.StatusOK, code, string(body))
+}
+
+// answerProbes answers the proxy's model list and health probes for a replica serving model, and
+// reports whether req was one.
+func answerProbes(w http.ResponseWriter, req *http.Request, model string) bool {
+	switch req.URL.Path {
+	case "/v1/models":
+		io.WriteString(w, `{"object":"list","data":[{"id":"`+model+`"}]}`)
+	case "/health":
+		io.WriteString(w, `{"status":"healthy"}`)
+	default:
+		return false
+	}
+	return true
 }
 
 // A request body with odd spacing, key order, unicode escapes and unknown fields must reach the

@@ -29,12 +29,7 @@ type rawStreamReplica struct {
 func startRawStreamReplica(t *testing.T, events []string, tail string) *rawStreamReplica {
 	r := &rawStreamReplica{}
 	r.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		switch req.URL.Path {
-		case "/v1/models":
-			io.WriteString(w, `{"object":"list","data":[{"id":"raw"}]}`)
-			return
-		case "/health":
-			io.WriteString(w, `{"status":"healthy"}`)
+		if answerProbes(w, req, "raw") {
 			return
 		}
 		io.Copy(io.Discard, req.Body)
@@ -58,6 +53,25 @@ func startRawStreamReplica(t *testing.T, events []string, tail string) *rawStrea
 	r.Start()
 	t.Cleanup(r.Close)
 	return r
+}
+
+// startProxyWith starts a proxy with replica registered, served over TLS when secure (its
+// streams are then copied, not relayed), and returns a client that trusts it.
+func startProxyWith(t *testing.T, secure bool, replica string) (*proxytest.Proxy, *http.Client) {
+	t.Helper()
+	cfg, client := proxytest.ProxyConfig{}, http.DefaultClient
+	if secure {
+		certs := httptest.NewTLSServer(http.NotFoundHandler())
+		t.Cleanup(certs.Close)
+		cfg.HTTP.TLS = certs.TLS.Clone()
+		client = certs.Client()
+	}
+	p := proxytest.StartProxy(t, cfg)
+	add, err := client.Post(p.URL+"/nodes/add", "application/json", strings.NewReader(`{"url":"`+replica+`"}`))
+	require.NoError(t, err)
+	add.Body.Close()
+	require.Equal(t, http.StatusOK, add.StatusCode)
+	return p, client
 }
 
 // A replica that fails inside an SSE event: what the client got of the stream ends with whole
@@ -86,18 +100,7 @@ func TestStreamCutInsideAnEvent(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				rep := startRawStreamReplica(t, tc.events, tc.tail)
-				cfg, client := proxytest.ProxyConfig{}, http.DefaultClient
-				if secure {
-					certs := httptest.NewTLSServer(http.NotFoundHandler())
-					defer certs.Close()
-					cfg.HTTP.TLS = certs.TLS.Clone()
-					client = certs.Client()
-				}
-				p := proxytest.StartProxy(t, cfg)
-				add, err := client.Post(p.URL+"/nodes/add", "application/json", strings.NewReader(`{"url":"`+rep.URL+`"}`))
-				require.NoError(t, err)
-				add.Body.Close()
-				require.Equal(t, http.StatusOK, add.StatusCode)
+				p, client := startProxyWith(t, secure, rep.URL)
 
 				resp, err := client.Post(p.URL+"/v1/chat/completions", "application/json",
 					strings.NewReader(`{"model":"raw","stream":true}`))
@@ -195,12 +198,7 @@ func TestStreamedNonSSEAnswersAreNotHeld(t *testing.T) {
 		t.Run(map[bool]string{false: "relay", true: "copy"}[secure], func(t *testing.T) {
 			release := make(chan struct{})
 			rep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-				switch req.URL.Path {
-				case "/v1/models":
-					io.WriteString(w, `{"object":"list","data":[{"id":"raw"}]}`)
-					return
-				case "/health":
-					io.WriteString(w, `{"status":"healthy"}`)
+				if answerProbes(w, req, "raw") {
 					return
 				}
 				w.Header().Set("Content-Type", "application/octet-stream")
@@ -213,18 +211,7 @@ func TestStreamedNonSSEAnswersAreNotHeld(t *testing.T) {
 			}))
 			defer rep.Close()
 			defer close(release)
-			cfg, client := proxytest.ProxyConfig{}, http.DefaultClient
-			if secure {
-				certs := httptest.NewTLSServer(http.NotFoundHandler())
-				defer certs.Close()
-				cfg.HTTP.TLS = certs.TLS.Clone()
-				client = certs.Client()
-			}
-			p := proxytest.StartProxy(t, cfg)
-			add, err := client.Post(p.URL+"/nodes/add", "application/json", strings.NewReader(`{"url":"`+rep.URL+`"}`))
-			require.NoError(t, err)
-			add.Body.Close()
-			require.Equal(t, http.StatusOK, add.StatusCode)
+			p, client := startProxyWith(t, secure, rep.URL)
 
 			resp, err := client.Post(p.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"raw","stream":true}`))
 			require.NoError(t, err)

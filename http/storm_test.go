@@ -66,12 +66,7 @@ func startConnCountingReplica(t *testing.T) *connCountingReplica {
 }
 
 func (r *connCountingReplica) serve(w http.ResponseWriter, req *http.Request) {
-	switch req.URL.Path {
-	case "/v1/models":
-		io.WriteString(w, `{"object":"list","data":[{"id":"storm"}]}`)
-		return
-	case "/health":
-		io.WriteString(w, `{"status":"healthy"}`)
+	if answerProbes(w, req, "storm") {
 		return
 	}
 	r.mu.Lock()

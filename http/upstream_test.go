@@ -20,15 +20,11 @@ import (
 func TestStaleIdleConnectionToReplicaIsNotUsed(t *testing.T) {
 	var requests, closed atomic.Int64
 	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/v1/models":
-			io.WriteString(w, `{"object":"list","data":[{"id":"m"}]}`)
-		case "/health":
-			io.WriteString(w, `{"status":"healthy"}`)
-		default:
-			requests.Add(1)
-			io.WriteString(w, `{"ok":true}`)
+		if answerProbes(w, r, "m") {
+			return
 		}
+		requests.Add(1)
+		io.WriteString(w, `{"ok":true}`)
 	}))
 	up.Config.IdleTimeout = 20 * time.Millisecond
 	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
