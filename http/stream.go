@@ -60,6 +60,7 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush, sse bool) (rerr, wer
 	buf := *bp
 	var last byte // the byte before this read, so an event end split across reads still counts
 	var held []byte
+	var tail relay.Tail // what was written, for line
 	for {
 		n, err := src.Read(buf)
 		out := buf[:n]
@@ -75,27 +76,29 @@ func copyBody(t *tracked, fl flusher, src io.Reader, flush, sse bool) (rerr, wer
 			}
 		}
 		if len(out) > 0 {
-			line = relay.LineOf(line, out)
+			if sse {
+				tail.Add(out)
+			}
 			if _, werr = t.Write(out); werr != nil {
-				return nil, werr, line
+				return nil, werr, tail.Line()
 			}
 			if flush && fl != nil {
 				if werr = fl.FlushError(); werr != nil {
-					return nil, werr, line
+					return nil, werr, tail.Line()
 				}
 			}
 		}
 		if err == io.EOF {
 			if len(held) > 0 {
-				line = relay.LineOf(line, held)
+				tail.Add(held)
 				if _, werr = t.Write(held); werr == nil && fl != nil {
 					werr = fl.FlushError()
 				}
 			}
-			return nil, werr, line
+			return nil, werr, tail.Line()
 		}
 		if err != nil {
-			return err, nil, line
+			return err, nil, tail.Line()
 		}
 	}
 }

@@ -52,9 +52,9 @@ func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response,
 	pb.c.dropReader()
 	res, ok := s.relay.Run(ctx, pb.c.fd, client, head, sse)
 	if !ok {
-		res = relay.Result{UpErr: errRelayClosed, AtBoundary: true} // the server is closing
+		res = relay.Result{UpErr: errRelayClosed} // the server is closing; nothing was written
 	}
-	rw.RawDone(res.Written, res.Ended, res.AtBoundary)
+	rw.RawDone(res.Written, res.Ended, res.Line != relay.MidLine)
 	pb.finish(res.Ended && res.Reusable)
 	t.written += res.Written
 	t.events += res.Events
@@ -76,11 +76,5 @@ func (s *Server) relayBody(ctx context.Context, t *tracked, resp *http.Response,
 	case !res.Ended:
 		rerr = errStreamCut
 	}
-	switch {
-	case !res.AtBoundary:
-		line = relay.MidLine
-	case res.OpenEvent:
-		line = relay.LineEnd
-	}
-	return rerr, werr, line, true
+	return rerr, werr, res.Line, true
 }

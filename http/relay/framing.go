@@ -30,16 +30,16 @@ const (
 // the SSE events in the data.
 type Framing struct {
 	state  int
-	size   int64  // data bytes left in the current chunk, or the size being read
-	last   byte   // the data byte before this read, so an event end split across reads still counts
-	tail   uint32 // the last three data bytes
-	Events int    // SSE event ends ("\n\n") seen in the data
+	size   int64 // data bytes left in the current chunk, or the size being read
+	last   byte  // the data byte before this read, so an event end split across reads still counts
+	tail   Tail
+	Events int // SSE event ends ("\n\n") seen in the data
 
 	// After a Scan: safe is how many of its bytes end at the last chunk end in them, or at the
-	// end of the last chunk's data when its line end has not come (0: neither), safeTail the last
-	// three data bytes there, and safeOpen whether it is the latter.
+	// end of the last chunk's data when its line end has not come (0: neither), safeTail the data's
+	// tail there, and safeOpen whether it is the latter.
 	safe     int
-	safeTail uint32
+	safeTail Tail
 	safeOpen bool
 }
 
@@ -79,7 +79,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 			}
 			data := p[i : i+int(n)]
 			f.Events += CountEvents(data, &f.last)
-			f.tail = appendTail(f.tail, data)
+			f.tail.Add(data)
 			f.size -= n
 			i += int(n) - 1
 			if f.size == 0 {
@@ -135,28 +135,16 @@ func (f *Framing) AtBoundary() bool { return f.state == stSize }
 
 // Safe returns how many bytes of the last Scan can go to the client now: up to the last chunk end
 // in them, or the end of the last chunk's data (0 when neither), and where the data stood there
-// (see LineState; MidLine before a chunk's line end).
+// (MidLine before a chunk's line end: no chunk can follow yet).
 func (f *Framing) Safe() (int, LineState) {
 	if f.safeOpen {
-		return f.safe, MidLine // inside the chunk framing: no chunk can follow yet
+		return f.safe, MidLine
 	}
-	return f.safe, lineState(f.safeTail)
+	return f.safe, f.safeTail.Line()
 }
 
 // Line returns where the data stands after everything scanned.
-func (f *Framing) Line() LineState { return lineState(f.tail) }
-
-// LineOf returns where data stands after p, when it stood at prev before.
-func LineOf(prev LineState, p []byte) LineState {
-	var tail uint32
-	switch prev {
-	case LineEnd:
-		tail = 0x0A
-	case MidLine:
-		tail = 'x'
-	}
-	return lineState(appendTail(tail, p))
-}
+func (f *Framing) Line() LineState { return f.tail.Line() }
 
 // LineState is where an SSE stream's data stands: what may be written after it.
 type LineState int
@@ -170,26 +158,29 @@ const (
 	MidLine
 )
 
-func lineState(tail uint32) LineState {
+// Tail follows the last three bytes of a stream's data, to tell where the data stands.
+type Tail struct{ b uint32 }
+
+// Add follows p.
+func (t *Tail) Add(p []byte) {
+	if len(p) >= 3 {
+		p = p[len(p)-3:]
+		t.b = 0
+	}
+	for _, c := range p {
+		t.b = (t.b<<8 | uint32(c)) & 0xFFFFFF
+	}
+}
+
+// Line returns where the data followed so far stands.
+func (t Tail) Line() LineState {
 	switch {
-	case tail == 0, tail&0xFFFF == 0x0A0A, tail == 0x0A0D0A: // "", "\n\n", "\n\r\n"
+	case t.b == 0, t.b&0xFFFF == 0x0A0A, t.b == 0x0A0D0A: // nothing, "\n\n", "\n\r\n"
 		return EventEnd
-	case tail&0xFF == 0x0A:
+	case t.b&0xFF == 0x0A:
 		return LineEnd
 	}
 	return MidLine
-}
-
-// appendTail returns the last three bytes of tail's bytes followed by data.
-func appendTail(tail uint32, data []byte) uint32 {
-	if len(data) >= 3 {
-		data = data[len(data)-3:]
-		tail = 0
-	}
-	for _, b := range data {
-		tail = tail<<8 | uint32(b)
-	}
-	return tail & 0xFFFFFF
 }
 
 func hexValue(b byte) (byte, bool) {

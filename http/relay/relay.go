@@ -20,14 +20,11 @@ type Result struct {
 	// reused unless Reusable says otherwise.
 	Ended    bool
 	Reusable bool
-	// AtBoundary (when not Ended): the client got whole chunks only, ending with a whole line, so
-	// the answer can go on with another chunk (an error event) and its end. A chunk the replica
-	// had not finished sending is held back (see maxHeld) so that a failure inside it leaves the
-	// client at a boundary.
-	AtBoundary bool
-	// OpenEvent (with AtBoundary): the data ends inside an SSE event, after a whole line; a blank
-	// line must end that event before another is written.
-	OpenEvent bool
+	// Line (when not Ended): where the data the client got stands. EventEnd or LineEnd: the client
+	// got whole chunks only and the answer can go on with another chunk (an error event, after a
+	// blank line for LineEnd) and its end; a chunk the replica had not finished is held back for
+	// that (see Run's hold). MidLine: nothing can follow.
+	Line      LineState
 	UpErr     error // the replica's side failed or ended early
 	ClientErr error // a write to the client failed: it left
 	Cancelled bool  // the context ended first

@@ -52,7 +52,7 @@ func (r *Relay) Close() {
 // fails, or ctx ends. head is what was already read of the body from up (it is written first). Both
 // sockets must be non-blocking (as every Go socket is), and nothing else may read up or write
 // client until Run returns. hold asks for whole chunks only (an event stream, which an error event
-// may have to end; see Result.AtBoundary); otherwise bytes pass as they arrive. ok is false when
+// may have to end; see Result.Line); otherwise bytes pass as they arrive. ok is false when
 // the relay is closed; nothing was written then.
 func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool) (res Result, ok bool) {
 	s := &stream{up: up, client: client, hold: hold, done: make(chan struct{})}
@@ -74,7 +74,8 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool)
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
 	if !l.add(s) {
 		if s.res.Written > 0 {
-			return Result{Cancelled: true, Written: s.res.Written}, true
+			s.res.Cancelled = true
+			return s.result(), true
 		}
 		return Result{}, false
 	}
@@ -109,8 +110,10 @@ type stream struct {
 
 func (s *stream) result() Result {
 	s.res.Events = s.f.Events
-	s.res.AtBoundary = !s.res.Ended && s.clientLine != MidLine && len(s.backlog) == 0
-	s.res.OpenEvent = s.res.AtBoundary && s.clientLine == LineEnd
+	s.res.Line = s.clientLine
+	if s.res.Ended || len(s.backlog) > 0 {
+		s.res.Line = MidLine
+	}
 	if !s.res.Ended {
 		s.res.Reusable = false
 	}

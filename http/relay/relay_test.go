@@ -141,18 +141,17 @@ func TestRelayPassesAStreamThroughEventByEvent(t *testing.T) {
 func TestRelayReplicaFailure(t *testing.T) {
 	huge := chunkOf("data: " + strings.Repeat("a", 20<<10) + "\n\n")[:18<<10]
 	for _, tc := range []struct {
-		name       string
-		sent       string
-		got        string // what reaches the client
-		atBoundary bool
-		openEvent  bool
+		name string
+		sent string
+		got  string // what reaches the client
+		line relay.LineState
 	}{
-		{"between chunks", chunkOf(event(0)), chunkOf(event(0)), true, false},
-		{"inside a chunk", chunkOf(event(0)) + chunkOf(event(1))[:9], chunkOf(event(0)), true, false},
-		{"inside the last chunk", chunkOf(event(0)) + "0\r\n", chunkOf(event(0)), true, false},
-		{"a chunk ending after a line", chunkOf(event(0)) + chunkOf("data: x\n"), chunkOf(event(0)) + chunkOf("data: x\n"), true, true},
-		{"a chunk ending inside a line", chunkOf(event(0)) + chunkOf("data: {"), chunkOf(event(0)) + chunkOf("data: {"), false, false},
-		{"a chunk too large to hold", huge, huge, false, false},
+		{"between chunks", chunkOf(event(0)), chunkOf(event(0)), relay.EventEnd},
+		{"inside a chunk", chunkOf(event(0)) + chunkOf(event(1))[:9], chunkOf(event(0)), relay.EventEnd},
+		{"inside the last chunk", chunkOf(event(0)) + "0\r\n", chunkOf(event(0)), relay.EventEnd},
+		{"a chunk ending after a line", chunkOf(event(0)) + chunkOf("data: x\n"), chunkOf(event(0)) + chunkOf("data: x\n"), relay.LineEnd},
+		{"a chunk ending inside a line", chunkOf(event(0)) + chunkOf("data: {"), chunkOf(event(0)) + chunkOf("data: {"), relay.MidLine},
+		{"a chunk too large to hold", huge, huge, relay.MidLine},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRelay(t)
@@ -169,8 +168,7 @@ func TestRelayReplicaFailure(t *testing.T) {
 			require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed)
 			require.False(t, res.Ended)
 			require.False(t, res.Reusable)
-			require.Equal(t, tc.atBoundary, res.AtBoundary)
-			require.Equal(t, tc.openEvent, res.OpenEvent)
+			require.Equal(t, tc.line, res.Line)
 			require.Equal(t, int64(len(tc.got)), res.Written)
 			// Nothing more reached the client.
 			client.far.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -225,7 +223,7 @@ func TestRelayChunkLineEndWithTheNextChunk(t *testing.T) {
 	up.far.Close()
 	res := result(t, ch)
 	require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed)
-	require.False(t, res.AtBoundary, "the last chunk's line end never came")
+	require.Equal(t, relay.MidLine, res.Line, "the last chunk's line end never came")
 	require.Equal(t, int64(want.Len()), res.Written)
 }
 
@@ -247,7 +245,7 @@ func TestRelayWithoutHoldPassesBytesAtOnce(t *testing.T) {
 	require.Equal(t, part, string(got))
 	up.far.Close()
 	res := result(t, out)
-	require.False(t, res.AtBoundary)
+	require.Equal(t, relay.MidLine, res.Line)
 	require.Equal(t, int64(len(part)), res.Written)
 }
 
@@ -265,7 +263,7 @@ func TestRelayReplicaClosingWithItsLastBytes(t *testing.T) {
 		up.far.Close()
 		res := result(t, run(context.Background(), r, up, client, nil))
 		require.ErrorIs(t, res.UpErr, relay.ErrReplicaClosed, "stream %d", i)
-		require.True(t, res.AtBoundary)
+		require.Equal(t, relay.EventEnd, res.Line)
 		require.Equal(t, 3, res.Events)
 	}
 }
@@ -285,7 +283,7 @@ func TestRelayEndsWhenTheContextEnds(t *testing.T) {
 	require.Less(t, time.Since(start), time.Second)
 	require.True(t, res.Cancelled)
 	require.False(t, res.Reusable)
-	require.True(t, res.AtBoundary)
+	require.Equal(t, relay.EventEnd, res.Line)
 }
 
 // A client that hung up is noticed at the next write.
