@@ -1,7 +1,6 @@
 package http_test
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -134,18 +133,7 @@ func TestStreamCutBetweenEventsEndsWithAnErrorEvent(t *testing.T) {
 	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
 	addURL(t, p, rep.URL)
 
-	resp, err := http.Post(p.URL+"/v1/chat/completions", "application/json",
-		strings.NewReader(`{"model":"raw","stream":true}`))
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var events []string
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-			events = append(events, d)
-		}
-	}
-	require.NoError(t, sc.Err())
+	events := streamEvents(t, p.URL+"/v1/chat/completions", `{"model":"raw","stream":true}`)
 	require.Len(t, events, 3, "%q", events)
 	require.Contains(t, events[2], `"error"`)
 	p.WaitIdle(t, 5*time.Second)
