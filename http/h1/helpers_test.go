@@ -38,17 +38,24 @@ func startH1(t testing.TB, s *h1.Server) *testServer {
 	if s.ErrorLog == nil {
 		s.ErrorLog = log.New(ts.log, "", 0)
 	}
+	ts.serve(t, s.Serve, s.Close)
+	return ts
+}
+
+// serve runs serve on a fresh loopback listener; when the test ends, close stops it and Serve
+// must have returned ErrServerClosed.
+func (ts *testServer) serve(t testing.TB, serve func(net.Listener) error, close func() error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts.addr = ln.Addr().String()
-	go func() { ts.served <- s.Serve(ln) }()
+	go func() { ts.served <- serve(ln) }()
 	t.Cleanup(func() {
-		s.Close()
+		close()
 		ts.checkServed(t)
 	})
-	return ts
 }
 
 // startStd serves h with net/http's Server the same way, as the reference h1 is compared with.
@@ -72,15 +79,8 @@ func startStd(t testing.TB, s *http.Server) *testServer {
 			delete(open, nc)
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.addr = ln.Addr().String()
-	go func() { ts.served <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		ts.checkServed(t)
+	ts.serve(t, s.Serve, func() error {
+		err := s.Close()
 		for deadline := time.Now().Add(waitLimit); ; time.Sleep(time.Millisecond) {
 			mu.Lock()
 			n := len(open)
@@ -93,6 +93,7 @@ func startStd(t testing.TB, s *http.Server) *testServer {
 				break
 			}
 		}
+		return err
 	})
 	return ts
 }
