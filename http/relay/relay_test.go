@@ -9,10 +9,12 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -362,4 +364,42 @@ func TestRelayClose(t *testing.T) {
 	require.True(t, result(t, ch).Cancelled)
 	_, ok := r.Run(context.Background(), up.fd, client.fd, nil, true)
 	require.False(t, ok)
+}
+
+// Streams started, cancelled and ended at the same time on the same loops each end the way their
+// own history says: the loop's work on one stream never stalls or mixes up another.
+func TestRelayManyStreamsAtOnce(t *testing.T) {
+	r := newRelay(t)
+	const streams, events = 32, 20
+	var wg sync.WaitGroup
+	for i := 0; i < streams; i++ {
+		up, client := newPair(t), newPair(t)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ch := run(ctx, r, up, client, nil)
+			go io.Copy(io.Discard, client.far)
+			cancelled := i%2 == 1
+			for e := 0; e < events; e++ {
+				if cancelled && e == events/2 {
+					cancel()
+					break
+				}
+				io.WriteString(up.far, chunkOf(event(e)))
+			}
+			if !cancelled {
+				io.WriteString(up.far, "0\r\n\r\n")
+			}
+			res := result(t, ch)
+			if cancelled {
+				assert.True(t, res.Cancelled, "stream %d", i)
+				return
+			}
+			assert.True(t, res.Ended, "stream %d", i)
+			assert.Equal(t, events, res.Events, "stream %d", i)
+		}(i)
+	}
+	wg.Wait()
 }
