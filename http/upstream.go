@@ -147,6 +147,12 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, req *http.Request) (
 	if err != nil {
 		return fail(err)
 	}
+	// Wait for the answer without a read buffer: a replica may think for seconds before its head.
+	if w, ok := c.Conn.(interface{ WaitRead() error }); ok && c.br == nil {
+		if err := w.WaitRead(); err != nil {
+			return fail(err)
+		}
+	}
 	resp, err := http.ReadResponse(c.reader(), req)
 	if err != nil {
 		return fail(err)

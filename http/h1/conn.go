@@ -19,9 +19,9 @@ import (
 )
 
 // A connection holds a read or write buffer only while it uses it: the read buffer while a request
-// head and body arrive (and while a keep-alive connection waits for the next one), the write buffer
-// from the first byte of an answer to its next flush. An open stream waiting on its replica holds
-// neither.
+// head and body arrive (and, under TLS, while a keep-alive connection waits for the next one), the
+// write buffer from the first byte of an answer to its next flush. An open stream waiting on its
+// replica holds neither.
 var (
 	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
@@ -138,6 +138,13 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	if !c.setState(stateIdle) {
 		return false
 	}
+	// A plain socket waits for its next request without a read buffer: at 2,000 streams their
+	// clients' connections were most of the buffers taken at once (one peak of the proxy's memory).
+	if w, ok := c.rwc.(readWaiter); ok && c.br == nil {
+		if err := w.WaitRead(); err != nil {
+			return false
+		}
+	}
 	br := c.reader()
 	if _, err := br.Peek(1); err != nil {
 		return false
@@ -160,6 +167,9 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	}
 	return true
 }
+
+// readWaiter is a connection that can wait for something to read without reading it (netio's).
+type readWaiter interface{ WaitRead() error }
 
 // headBuffered reports whether br holds a whole request head: a line end, then an empty line.
 func headBuffered(br *bufio.Reader) bool {

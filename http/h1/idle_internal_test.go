@@ -2,6 +2,8 @@ package h1
 
 import (
 	"net"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +131,66 @@ func TestCloseIsNotUndoneByTheNextDeadline(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the cut connection waited for its client's headers")
 	}
+}
+
+// A keep-alive connection on a plain socket waits for its next request without a read buffer (at
+// thousands of streams those buffers were one peak of the proxy's memory): the wait is netio's,
+// before a buffer is taken, and what then arrives is read whole.
+func TestIdleConnectionWaitsWithoutReadBuffer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := (&Server{}).newConn(server)
+	defer c.rwc.Close()
+
+	done := make(chan bool, 1)
+	go func() { done <- c.waitForRequest(time.Minute) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !waitingIn("netio.(*Conn).WaitRead", "h1.(*conn).waitForRequest") {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection did not wait in WaitRead")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	client.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("the request was not seen")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wait did not end")
+	}
+	if got, _ := c.br.Peek(c.br.Buffered()); string(got) != "GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+		t.Fatalf("buffered %q", got)
+	}
+}
+
+// waitingIn reports whether a goroutine waits for a socket with all of frames on its stack.
+func waitingIn(frames ...string) bool {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if !strings.Contains(g, "[IO wait") {
+			continue
+		}
+		all := true
+		for _, f := range frames {
+			all = all && strings.Contains(g, f)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }

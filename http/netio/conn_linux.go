@@ -13,7 +13,9 @@ import (
 // concurrent reads (or writes) are serialised by the connection's own locks.
 type Conn struct {
 	*net.TCPConn
-	rd, wr rawOp
+	rd, wr   rawOp
+	readable func(uintptr) bool // WaitRead's function for RawConn.Read, made once
+	peeked   bool               // WaitRead looked once and found nothing
 }
 
 // rawOp is one direction of a Conn: the function RawConn runs, and what it works on. Both are made
@@ -51,7 +53,38 @@ func Wrap(c net.Conn) net.Conn {
 	x := &Conn{TCPConn: tc}
 	x.rd = rawOp{wait: rc.Read, fn: x.read}
 	x.wr = rawOp{wait: rc.Write, fn: x.write}
+	x.readable = x.peek
 	return x
+}
+
+// WaitRead waits until the connection has something to read (bytes, its end, or an error) without
+// reading it, so that a caller can wait for a request or an answer without holding a read buffer.
+// Deadlines and Close end the wait as they end a Read.
+func (c *Conn) WaitRead() error {
+	c.peeked = false
+	if err := c.rd.wait(c.readable); err != nil {
+		return c.opError("read", err)
+	}
+	return nil
+}
+
+// peek is WaitRead's function for RawConn.Read: false means wait until the socket is readable.
+// Called again, the netpoller woke it for something to read: a second peek would only cost a
+// system call per wait (and a rare wake-up with nothing behind it leaves the read to wait).
+func (c *Conn) peek(fd uintptr) bool {
+	if c.peeked {
+		return true
+	}
+	for {
+		switch Peek(int(fd)) {
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			c.peeked = true
+			return false
+		default:
+			return true
+		}
+	}
 }
 
 func (c *Conn) Read(p []byte) (int, error) {

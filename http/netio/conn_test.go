@@ -79,6 +79,50 @@ func TestReadWaitsForDataThenSeesEOF(t *testing.T) {
 	assert.Equal(t, io.EOF, err)
 }
 
+// WaitRead waits for bytes without taking them, and sees the end of the stream as something to
+// read too.
+func TestWaitReadWaitsWithoutReading(t *testing.T) {
+	w, p := pair(t)
+	go func() {
+		time.Sleep(20 * time.Millisecond) // the wait must be in the netpoller, not spin
+		p.Write([]byte("hello"))
+	}()
+	require.NoError(t, w.(*netio.Conn).WaitRead())
+	b := make([]byte, 8)
+	n, err := w.Read(b)
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(b[:n]), "the wait took nothing")
+
+	p.Close()
+	require.NoError(t, w.(*netio.Conn).WaitRead())
+	_, err = w.Read(b)
+	assert.Equal(t, io.EOF, err)
+}
+
+// A deadline, and Close, end a wait as they end a read.
+func TestWaitReadEndsOnDeadlineAndClose(t *testing.T) {
+	w, _ := pair(t)
+	require.NoError(t, w.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
+	err := w.(*netio.Conn).WaitRead()
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+	require.NoError(t, w.SetReadDeadline(time.Time{}))
+	done := make(chan error, 1)
+	go func() { done <- w.(*netio.Conn).WaitRead() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !parkedInNetpoll() {
+		require.True(t, time.Now().Before(deadline), "the wait never parked")
+		time.Sleep(time.Millisecond)
+	}
+	w.Close()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, net.ErrClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the wait")
+	}
+}
+
 func TestReadDeadline(t *testing.T) {
 	w, _ := pair(t)
 	require.NoError(t, w.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
@@ -151,6 +195,9 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := p.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.(*netio.Conn).WaitRead(); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := io.ReadFull(w, buf[:len(msg)]); err != nil {

@@ -23,3 +23,14 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// Peek is a non-blocking one-byte recv(2) with MSG_PEEK: nil when something (bytes, or the end of
+// the stream) can be read, EAGAIN when nothing can yet.
+func Peek(fd int) error {
+	var b [1]byte
+	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

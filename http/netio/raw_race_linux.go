@@ -13,3 +13,11 @@ func Read(fd int, p []byte) (int, error) { return syscall.Read(fd, p) }
 
 // Write is write(2) on a non-blocking descriptor.
 func Write(fd int, p []byte) (int, error) { return syscall.Write(fd, p) }
+
+// Peek is a non-blocking one-byte recv(2) with MSG_PEEK: nil when something (bytes, or the end of
+// the stream) can be read, EAGAIN when nothing can yet.
+func Peek(fd int) error {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(fd, b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return err
+}

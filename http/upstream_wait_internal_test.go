@@ -1,0 +1,87 @@
+package http
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A request waits for its replica's answer without a read buffer (a replica may think for seconds
+// before its head, and thousands of requests may wait at once); the answer is then read whole.
+func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+
+	u := newUpstream(0, 0, 0)
+	type answer struct {
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/completions", bytes.NewReader([]byte("{}")))
+		resp, err := u.RoundTrip(req)
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- answer{string(b), err}
+	}()
+	var replica net.Conn
+	select {
+	case replica = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection")
+	}
+	defer replica.Close()
+	_, err = http.ReadRequest(bufio.NewReader(replica))
+	require.NoError(t, err)
+
+	deadline := time.Now().Add(5 * time.Second)
+	for !waitingIn("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
+		require.True(t, time.Now().Before(deadline), "the request did not wait in WaitRead")
+		time.Sleep(time.Millisecond)
+	}
+	io.WriteString(replica, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	select {
+	case a := <-got:
+		require.NoError(t, a.err)
+		require.Equal(t, "hello", a.body)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+}
+
+// waitingIn reports whether a goroutine waits for a socket with all of frames on its stack.
+func waitingIn(frames ...string) bool {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if !strings.Contains(g, "[IO wait") {
+			continue
+		}
+		all := true
+		for _, f := range frames {
+			all = all && strings.Contains(g, f)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
