@@ -6,12 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/proxytest/goroutines"
 )
 
 // A request waits for its replica's answer without a read buffer (a replica may think for seconds
@@ -54,7 +54,7 @@ func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 	require.NoError(t, err)
 
 	deadline := time.Now().Add(5 * time.Second)
-	for !waitingIn("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
+	for !goroutines.WaitingForIO("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
 		require.True(t, time.Now().Before(deadline), "the request did not wait in WaitRead")
 		time.Sleep(time.Millisecond)
 	}
@@ -66,22 +66,4 @@ func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no answer")
 	}
-}
-
-// waitingIn reports whether a goroutine waits for a socket with all of frames on its stack.
-func waitingIn(frames ...string) bool {
-	buf := make([]byte, 1<<20)
-	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		if !strings.Contains(g, "[IO wait") {
-			continue
-		}
-		all := true
-		for _, f := range frames {
-			all = all && strings.Contains(g, f)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }

@@ -2,11 +2,11 @@ package h1
 
 import (
 	"net"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lmproxy/lmproxy/proxytest/goroutines"
 )
 
 // This test is internal: the race it covers lies between two statements of waitForRequest, which
@@ -157,7 +157,7 @@ func TestIdleConnectionWaitsWithoutReadBuffer(t *testing.T) {
 	done := make(chan bool, 1)
 	go func() { done <- c.waitForRequest(time.Minute) }()
 	deadline := time.Now().Add(5 * time.Second)
-	for !waitingIn("netio.(*Conn).WaitRead", "h1.(*conn).waitForRequest") {
+	for !goroutines.WaitingForIO("netio.(*Conn).WaitRead", "h1.(*conn).waitForRequest") {
 		if time.Now().After(deadline) {
 			t.Fatal("the connection did not wait in WaitRead")
 		}
@@ -175,22 +175,4 @@ func TestIdleConnectionWaitsWithoutReadBuffer(t *testing.T) {
 	if got, _ := c.br.Peek(c.br.Buffered()); string(got) != "GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
 		t.Fatalf("buffered %q", got)
 	}
-}
-
-// waitingIn reports whether a goroutine waits for a socket with all of frames on its stack.
-func waitingIn(frames ...string) bool {
-	buf := make([]byte, 1<<20)
-	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		if !strings.Contains(g, "[IO wait") {
-			continue
-		}
-		all := true
-		for _, f := range frames {
-			all = all && strings.Contains(g, f)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }

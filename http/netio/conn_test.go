@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lmproxy/lmproxy/http/netio"
+	"github.com/lmproxy/lmproxy/proxytest/goroutines"
 )
 
 // pair returns both ends of a loopback TCP connection, the client's end wrapped.
@@ -110,7 +110,7 @@ func TestWaitReadEndsOnDeadlineAndClose(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.(*netio.Conn).WaitRead() }()
 	deadline := time.Now().Add(5 * time.Second)
-	for !parkedInNetpoll() {
+	for !goroutines.WaitingForIO() {
 		require.True(t, time.Now().Before(deadline), "the wait never parked")
 		time.Sleep(time.Millisecond)
 	}
@@ -146,7 +146,7 @@ func TestCloseEndsABlockedRead(t *testing.T) {
 	}()
 	// Close only once the reader is parked, so Close is what ends it.
 	deadline := time.Now().Add(5 * time.Second)
-	for !parkedInNetpoll() {
+	for !goroutines.WaitingForIO() {
 		require.True(t, time.Now().Before(deadline), "the read never waited")
 		time.Sleep(time.Millisecond)
 	}
@@ -157,12 +157,6 @@ func TestCloseEndsABlockedRead(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not end the read")
 	}
-}
-
-// parkedInNetpoll reports whether some goroutine waits for a socket to become readable.
-func parkedInNetpoll() bool {
-	buf := make([]byte, 1<<20)
-	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("[IO wait"))
 }
 
 func TestWriteAfterResetIsASyscallError(t *testing.T) {
