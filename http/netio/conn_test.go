@@ -99,28 +99,12 @@ func TestWaitReadWaitsWithoutReading(t *testing.T) {
 	assert.Equal(t, io.EOF, err)
 }
 
-// A deadline, and Close, end a wait as they end a read.
-func TestWaitReadEndsOnDeadlineAndClose(t *testing.T) {
+// A deadline ends a wait as it ends a read.
+func TestWaitReadDeadline(t *testing.T) {
 	w, _ := pair(t)
 	require.NoError(t, w.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
 	err := w.(*netio.Conn).WaitRead()
 	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
-
-	require.NoError(t, w.SetReadDeadline(time.Time{}))
-	done := make(chan error, 1)
-	go func() { done <- w.(*netio.Conn).WaitRead() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for !goroutines.WaitingForIO() {
-		require.True(t, time.Now().Before(deadline), "the wait never parked")
-		time.Sleep(time.Millisecond)
-	}
-	w.Close()
-	select {
-	case err := <-done:
-		assert.ErrorIs(t, err, net.ErrClosed)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close did not end the wait")
-	}
 }
 
 func TestReadDeadline(t *testing.T) {
@@ -137,25 +121,33 @@ func TestReadDeadline(t *testing.T) {
 	assert.Equal(t, "read", oe.Op)
 }
 
+// Close ends a read, or a WaitRead, that waits for the peer.
 func TestCloseEndsABlockedRead(t *testing.T) {
-	w, _ := pair(t)
-	done := make(chan error, 1)
-	go func() {
-		_, err := w.Read(make([]byte, 8))
-		done <- err
-	}()
-	// Close only once the reader is parked, so Close is what ends it.
-	deadline := time.Now().Add(5 * time.Second)
-	for !goroutines.WaitingForIO() {
-		require.True(t, time.Now().Before(deadline), "the read never waited")
-		time.Sleep(time.Millisecond)
-	}
-	w.Close()
-	select {
-	case err := <-done:
-		assert.ErrorIs(t, err, net.ErrClosed)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not end the read")
+	for name, wait := range map[string]func(net.Conn) error{
+		"Read": func(c net.Conn) error {
+			_, err := c.Read(make([]byte, 8))
+			return err
+		},
+		"WaitRead": func(c net.Conn) error { return c.(*netio.Conn).WaitRead() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			w, _ := pair(t)
+			done := make(chan error, 1)
+			go func() { done <- wait(w) }()
+			// Close only once the reader is parked, so Close is what ends it.
+			deadline := time.Now().Add(5 * time.Second)
+			for !goroutines.WaitingForIO() {
+				require.True(t, time.Now().Before(deadline), "the read never waited")
+				time.Sleep(time.Millisecond)
+			}
+			w.Close()
+			select {
+			case err := <-done:
+				assert.ErrorIs(t, err, net.ErrClosed)
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close did not end the read")
+			}
+		})
 	}
 }
 
