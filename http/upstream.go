@@ -503,6 +503,11 @@ func (b *pooledBody) finish(clean bool) {
 	}
 	b.done = true
 	if b.stop() && clean && b.keep {
+		// An idle connection holds no read buffer, so that its next request waits without one
+		// (a buffer with bytes nobody asked for stays, for alive to see).
+		if b.c.br != nil && b.c.br.Buffered() == 0 {
+			b.c.dropReader()
+		}
 		b.u.put(b.c)
 		return
 	}

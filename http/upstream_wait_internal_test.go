@@ -15,7 +15,8 @@ import (
 )
 
 // A request waits for its replica's answer without a read buffer (a replica may think for seconds
-// before its head, and thousands of requests may wait at once); the answer is then read whole.
+// before its head, and thousands of requests may wait at once), on a new connection and on one
+// reused after a whole answer; the answer is then read whole.
 func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -31,39 +32,46 @@ func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 		body string
 		err  error
 	}
-	got := make(chan answer, 1)
-	go func() {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/completions", bytes.NewReader([]byte("{}")))
-		resp, err := u.RoundTrip(req)
-		if err != nil {
-			got <- answer{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		got <- answer{string(b), err}
-	}()
 	var replica net.Conn
-	select {
-	case replica = <-accepted:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no connection")
-	}
-	defer replica.Close()
-	_, err = http.ReadRequest(bufio.NewReader(replica))
-	require.NoError(t, err)
+	var rd *bufio.Reader
+	for i := 0; i < 2; i++ {
+		got := make(chan answer, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/completions", bytes.NewReader([]byte("{}")))
+			resp, err := u.RoundTrip(req)
+			if err != nil {
+				got <- answer{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			got <- answer{string(b), err}
+		}()
+		if replica == nil {
+			select {
+			case replica = <-accepted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no connection")
+			}
+			defer replica.Close()
+			rd = bufio.NewReader(replica)
+		}
+		req, err := http.ReadRequest(rd)
+		require.NoError(t, err, "request %d", i)
+		io.Copy(io.Discard, req.Body)
 
-	deadline := time.Now().Add(5 * time.Second)
-	for !goroutines.WaitingForIO("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
-		require.True(t, time.Now().Before(deadline), "the request did not wait in WaitRead")
-		time.Sleep(time.Millisecond)
-	}
-	io.WriteString(replica, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-	select {
-	case a := <-got:
-		require.NoError(t, a.err)
-		require.Equal(t, "hello", a.body)
-	case <-time.After(5 * time.Second):
-		t.Fatal("no answer")
+		deadline := time.Now().Add(5 * time.Second)
+		for !goroutines.WaitingForIO("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
+			require.True(t, time.Now().Before(deadline), "request %d did not wait in WaitRead", i)
+			time.Sleep(time.Millisecond)
+		}
+		io.WriteString(replica, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+		select {
+		case a := <-got:
+			require.NoError(t, a.err)
+			require.Equal(t, "hello", a.body)
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer")
+		}
 	}
 }
