@@ -148,8 +148,8 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, req *http.Request) (
 		return fail(err)
 	}
 	// Wait for the answer without a read buffer: a replica may think for seconds before its head.
-	if w, ok := c.Conn.(interface{ WaitRead() error }); ok && c.br == nil {
-		if err := w.WaitRead(); err != nil {
+	if c.br == nil {
+		if err := netio.WaitReadable(c.Conn); err != nil {
 			return fail(err)
 		}
 	}

@@ -140,10 +140,8 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	}
 	// A plain socket waits for its next request without a read buffer: at 2,000 streams their
 	// clients' connections were most of the buffers taken at once (one peak of the proxy's memory).
-	if w, ok := c.rwc.(readWaiter); ok && c.br == nil {
-		if err := w.WaitRead(); err != nil {
-			return false
-		}
+	if c.br == nil && netio.WaitReadable(c.rwc) != nil {
+		return false
 	}
 	br := c.reader()
 	if _, err := br.Peek(1); err != nil {
@@ -167,9 +165,6 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	}
 	return true
 }
-
-// readWaiter is a connection that can wait for something to read without reading it (netio's).
-type readWaiter interface{ WaitRead() error }
 
 // headBuffered reports whether br holds a whole request head: a line end, then an empty line.
 func headBuffered(br *bufio.Reader) bool {

@@ -57,6 +57,15 @@ func Wrap(c net.Conn) net.Conn {
 	return x
 }
 
+// WaitReadable waits until c has something to read, as Conn.WaitRead does, when c is a Conn;
+// for any other connection (TLS, say) it returns at once and the caller's read does the waiting.
+func WaitReadable(c net.Conn) error {
+	if x, ok := c.(*Conn); ok {
+		return x.WaitRead()
+	}
+	return nil
+}
+
 // WaitRead waits until the connection has something to read (bytes, its end, or an error) without
 // reading it, so that a caller can wait for a request or an answer without holding a read buffer.
 // Deadlines and Close end the wait as they end a Read.
