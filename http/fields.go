@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 )
@@ -18,7 +19,7 @@ type requestFields struct {
 }
 
 // parseFields checks that body is a JSON object and reads model, stream and n from it without decoding
-// the rest: json.Valid and gjson scan the bytes without building the document.
+// the rest: validJSON and gjson scan the bytes without building the document.
 func parseFields(body []byte) (requestFields, error) {
 	var f requestFields
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
@@ -27,13 +28,13 @@ func parseFields(body []byte) (requestFields, error) {
 		return f, errorf(http.StatusBadRequest, "request body is empty: send a JSON object")
 	case !utf8.Valid(body):
 		return f, errorf(http.StatusBadRequest, "request body is not valid UTF-8")
-	case !json.Valid(body):
+	case !validJSON(body):
 		return f, errorf(http.StatusBadRequest, "request body is not valid JSON")
 	case trimmed[0] != '{':
 		return f, errorf(http.StatusBadRequest, "request body must be a JSON object")
 	}
-	res := gjson.GetManyBytes(body, "model", "stream", "n")
-	switch m := res[0]; {
+	model, stream, n := topFields(body)
+	switch m := model; {
 	case !m.Exists() || m.Type == gjson.Null:
 		return f, errorf(http.StatusBadRequest, `missing field "model"`)
 	case m.Type != gjson.String:
@@ -41,7 +42,7 @@ func parseFields(body []byte) (requestFields, error) {
 	case m.Str == "":
 		return f, errorf(http.StatusBadRequest, `field "model" must not be empty`)
 	default:
-		f.model = m.Str
+		f.model = strings.Clone(m.Str) // m.Str may point into body
 		// gjson decodes the \u escape of a lone UTF-16 surrogate wrongly (it swallows the escape that
 		// follows); encoding/json, which decoded the replicas' model lists, makes it U+FFFD. Decode
 		// escaped names with it, so both sides spell a name alike. m.Raw passed json.Valid: no error.
@@ -49,14 +50,14 @@ func parseFields(body []byte) (requestFields, error) {
 			_ = json.Unmarshal([]byte(m.Raw), &f.model)
 		}
 	}
-	switch s := res[1]; s.Type {
+	switch stream.Type {
 	case gjson.True:
 		f.stream = true
 	case gjson.False, gjson.Null:
 	default:
 		return f, errorf(http.StatusBadRequest, `field "stream" must be a boolean`)
 	}
-	switch n := res[2]; n.Type {
+	switch n.Type {
 	case gjson.Null:
 	case gjson.Number:
 		if n.Num != float64(int64(n.Num)) || n.Num < 1 {
@@ -67,4 +68,36 @@ func parseFields(body []byte) (requestFields, error) {
 		return f, errorf(http.StatusBadRequest, `field "n" must be a positive integer`)
 	}
 	return f, nil
+}
+
+// topFields returns the top-level fields model, stream and n of a valid JSON object (the first of
+// each, as gjson.Get would) in one pass over it. The body is read in place, not copied as
+// gjson.GetManyBytes would: the results' strings may point into it.
+func topFields(body []byte) (model, stream, n gjson.Result) {
+	gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body))).ForEach(func(k, v gjson.Result) bool {
+		switch {
+		case k.Str == "model" && !model.Exists():
+			model = v
+		case k.Str == "stream" && !stream.Exists():
+			stream = v
+		case k.Str == "n" && !n.Exists():
+			n = v
+		}
+		return true
+	})
+	return model, stream, n
+}
+
+// maxFastNesting bounds the bodies validJSON checks with gjson's validator, which recurses once per
+// nesting level: a body with no more '{' and '[' bytes than this cannot nest deeper.
+const maxFastNesting = 128
+
+// validJSON reports whether body is valid JSON. gjson's validator takes a third of json.Valid's time
+// on a chat request (about 1 µs less per request); a body that might nest deeply goes to
+// json.Valid, whose stack is its own and bounded, so no body can grow a goroutine's stack with it.
+func validJSON(body []byte) bool {
+	if bytes.Count(body, []byte("{"))+bytes.Count(body, []byte("[")) <= maxFastNesting {
+		return gjson.ValidBytes(body)
+	}
+	return json.Valid(body)
 }

@@ -28,6 +28,8 @@ var badJSONSeeds = []string{
 	`{"model":"m","stream":"true"}`, `{"model":"m","stream":1}`, `{"model":"m","stream":null}`,
 	`{"model":"m","stream":true,"n":2}`, `{"a":{"model":"nested"},"model":"top"}`,
 	`{"a":{"b":{"c":[{"d":{"model":"deep"}}]}}}`, strings.Repeat("[", 10001) + strings.Repeat("]", 10001),
+	`{"model":"deep","x":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}`,
+	`{"model":"deep","x":` + strings.Repeat("[", 200) + strings.Repeat("]", 199) + `}`,
 	`{"mod\u0065l":"escaped key"}`, `{"model":"\u00e9\u4e2d\ud83d\ude00"}`, `{"model":"\ud800"}`,
 	`{"model":"\ud800\u0041"}`, `{"model":"\udc00\ud800"}`, `{"model":"a\u0000b"}`, `{"model":"\/\"\\"}`,
 	`{"model":"a","model":"b"}`, `{"model":"a","mod\u0065l":"b"}`, `{"model":1,"model":"b"}`,
