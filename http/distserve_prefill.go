@@ -51,14 +51,12 @@ func (s *Server) askPrefill(r *http.Request, requestID, target string, body []by
 	}
 	ctx, cancel := s.upstreamContext(r.Context())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target+r.URL.RequestURI(), bytes.NewReader(pbody))
-	if err != nil {
-		return prefillInfo{}, messages.UpstreamError, errorf(http.StatusBadGateway, "bad Prefill replica URL: "+err.Error())
-	}
-	req.Header = outboundHeaders(r, requestID)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Del("Accept-Encoding") // the proxy reads this answer itself: no compression
-	resp, err := s.upstream.RoundTrip(req)
+	var set [5]header
+	req := replicaRequest{method: http.MethodPost, target: target, uri: r.URL.RequestURI(), client: r,
+		set:  append(forwardedHeaders(set[:0], r, requestID), header{"Content-Type", "application/json"}),
+		drop: "Accept-Encoding", // the proxy reads this answer itself: no compression
+		body: pbody}
+	resp, err := s.upstream.RoundTrip(ctx, &req)
 	if err != nil {
 		o, err := prefillFailure(r, ctx, target, err)
 		return prefillInfo{}, o, err

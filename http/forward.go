@@ -133,13 +133,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	t := track(w)
 	ctx, cancel := s.upstreamContext(r.Context())
 	defer cancel()
-	out, err := http.NewRequestWithContext(ctx, r.Method, target+r.URL.RequestURI(), bytes.NewReader(body))
-	if err != nil {
-		writeError(w, r, errorf(http.StatusBadGateway, "bad replica URL: "+err.Error()))
-		return forwardResult{outcome: messages.UpstreamError}
-	}
-	out.Header = outboundHeaders(r, t.id)
-	resp, err := s.upstream.RoundTrip(out)
+	var set [4]header
+	out := replicaRequest{method: r.Method, target: target, uri: r.URL.RequestURI(), client: r,
+		set: forwardedHeaders(set[:0], r, t.id), body: body}
+	resp, err := s.upstream.RoundTrip(ctx, &out)
 	if err != nil {
 		return s.failedExchange(w, r, ctx, err)
 	}

@@ -40,28 +40,21 @@ next:
 	}
 }
 
-// outboundHeaders are the headers sent to the replica: the client's, less Host and hop-by-hop
-// headers, with X-Forwarded-* and the request ID.
-func outboundHeaders(r *http.Request, requestID string) http.Header {
-	h := make(http.Header, len(r.Header)+4)
-	copyHeaders(h, r.Header)
+// forwardedHeaders appends to hs the headers the proxy adds to a client's request on its way to a
+// replica: X-Forwarded-For, -Host and -Proto and the request ID. They replace any of the client's
+// of the same name (writeRequest skips those).
+func forwardedHeaders(hs []header, r *http.Request, requestID string) []header {
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
-		h["X-Forwarded-For"] = []string{ip}
+		hs = append(hs, header{"X-Forwarded-For", ip})
 	}
-	h["X-Forwarded-Host"] = []string{r.Host}
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
 	}
-	h["X-Forwarded-Proto"] = []string{proto}
-	h["X-Request-Id"] = []string{requestID}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // don't let Go's default User-Agent stand in for the client's
-	}
-	return h
+	return append(hs, header{"X-Forwarded-Host", r.Host}, header{"X-Forwarded-Proto", proto}, header{"X-Request-Id", requestID})
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream, without allocating.

@@ -2,7 +2,7 @@ package http
 
 import (
 	"bufio"
-	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -37,8 +37,8 @@ func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		got := make(chan answer, 1)
 		go func() {
-			req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/completions", bytes.NewReader([]byte("{}")))
-			resp, err := u.RoundTrip(req)
+			req := &replicaRequest{method: http.MethodPost, target: "http://" + ln.Addr().String(), uri: "/v1/completions", body: []byte("{}")}
+			resp, err := u.RoundTrip(context.Background(), req)
 			if err != nil {
 				got <- answer{err: err}
 				return
