@@ -119,9 +119,6 @@ type replicaRequest struct {
 // header is one header line the proxy writes itself.
 type header struct{ key, value string }
 
-// headRequest tells http.ReadResponse that an answer has no body whatever its length says.
-var headRequest = &http.Request{Method: http.MethodHead}
-
 // RoundTrip sends req and returns the answer. The answer's body gives the connection back to the
 // pool when read to its end, and closes it when closed early. ctx cancels the exchange at any point,
 // body reading included.
@@ -200,11 +197,7 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, dst target, req *rep
 			return fail(err)
 		}
 	}
-	var asked *http.Request // nil: ReadResponse takes it for a GET, which is all it needs to know
-	if req.method == http.MethodHead {
-		asked = headRequest
-	}
-	resp, err := http.ReadResponse(c.reader(), asked)
+	resp, err := readAnswerHead(c.reader(), req.method)
 	if err != nil {
 		return fail(err)
 	}

@@ -1,0 +1,199 @@
+package http
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+)
+
+// readAnswerHead reads a replica's answer head from br. The common head of a whole answer
+// (HTTP/1.1, a final status with a body, one Content-Length, no Transfer-Encoding or Connection
+// header, all of it already in br's buffer) is parsed in place: a third of http.ReadResponse's time
+// and allocations, on the path of every non-stream answer. Any other head, a doubtful byte
+// included, goes to http.ReadResponse as it is.
+func readAnswerHead(br *bufio.Reader, method string) (*http.Response, error) {
+	// The first read from the socket, as http.ReadResponse's would be, and with its error.
+	if _, err := br.Peek(1); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	if method != http.MethodHead {
+		if resp := parseWholeHead(br); resp != nil {
+			return resp, nil
+		}
+	}
+	var asked *http.Request // nil: ReadResponse takes it for a GET, which is all it needs to know
+	if method == http.MethodHead {
+		asked = headRequest
+	}
+	return http.ReadResponse(br, asked)
+}
+
+// headRequest tells http.ReadResponse that an answer has no body whatever its length says.
+var headRequest = &http.Request{Method: http.MethodHead}
+
+// parseWholeHead parses the head at the start of br's buffer and consumes it, or returns nil and
+// consumes nothing when the head is not the plain kind readAnswerHead describes.
+func parseWholeHead(br *bufio.Reader) *http.Response {
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 {
+		return nil
+	}
+	// One string holds every value and the status text; net/http allocates each on its own.
+	head := string(buf[:end+2]) // each line with its CRLF
+	line, rest, _ := strings.Cut(head, "\r\n")
+	code, ok := statusLine(line)
+	if !ok {
+		return nil
+	}
+	status := line[len("HTTP/1.1 "):]
+	values := make([]string, 0, strings.Count(rest, "\r\n"))
+	h := make(http.Header, cap(values))
+	length := int64(-1)
+	for len(rest) > 0 {
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !validToken(name) || !validValue(value) {
+			return nil
+		}
+		key := answerHeaderKey(name)
+		value = strings.Trim(value, " \t")
+		switch key {
+		case "Transfer-Encoding", "Connection":
+			return nil
+		case "Content-Length":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if length >= 0 || err != nil || n < 0 || value[0] == '+' {
+				return nil
+			}
+			length = n
+		}
+		if vv := h[key]; vv != nil {
+			h[key] = append(vv, value)
+		} else {
+			values = append(values, value)
+			h[key] = values[len(values)-1 : len(values) : len(values)]
+		}
+	}
+	if length < 0 {
+		return nil
+	}
+	br.Discard(end + 4)
+	return &http.Response{
+		Status: status, StatusCode: code,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length, Body: &lengthBody{r: br, n: length},
+	}
+}
+
+// statusLine reads "HTTP/1.1 NNN reason" for a final status that has a body (not 1xx, 204 or 304).
+func statusLine(line string) (int, bool) {
+	const proto = "HTTP/1.1 "
+	if len(line) < len(proto)+3 || line[:len(proto)] != proto || (len(line) > len(proto)+3 && line[len(proto)+3] != ' ') ||
+		!validValue(line) {
+		return 0, false
+	}
+	code := 0
+	for i := len(proto); i < len(proto)+3; i++ {
+		c := line[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return 0, false
+	}
+	return code, true
+}
+
+// answerHeaderKey is name in canonical form, without allocating for the headers replicas send.
+func answerHeaderKey(name string) string {
+	switch name {
+	case "Content-Type", "content-type":
+		return "Content-Type"
+	case "Content-Length", "content-length":
+		return "Content-Length"
+	case "Date", "date":
+		return "Date"
+	case "Server", "server":
+		return "Server"
+	case "Connection", "connection":
+		return "Connection"
+	case "Transfer-Encoding", "transfer-encoding":
+		return "Transfer-Encoding"
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
+}
+
+// validToken reports whether b is a non-empty header name (RFC 9110 §5.1: a token).
+func validToken(b string) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; c >= 0x80 || !tokenByte[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue reports whether b holds no control byte but horizontal tab.
+func validValue(b string) bool {
+	for i := 0; i < len(b); i++ {
+		if c := b[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// tokenByte marks the bytes a token may hold.
+var tokenByte = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// lengthBody is an answer body of a known length read from the connection's buffer: io.EOF at its
+// end, io.ErrUnexpectedEOF if the connection ends before it.
+type lengthBody struct {
+	r *bufio.Reader
+	n int64
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	switch {
+	case err == io.EOF:
+		return n, io.ErrUnexpectedEOF
+	case err == nil && b.n == 0:
+		return n, io.EOF
+	}
+	return n, err
+}
+
+func (b *lengthBody) Close() error { return nil }
