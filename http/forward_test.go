@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -290,4 +291,45 @@ func TestGenericV1PathIsRouted(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, string(body))
 	require.Len(t, reps[0].Requests("/v1/embeddings"), 1)
 	require.True(t, bytes.Contains(body, []byte("/v1/embeddings")))
+}
+
+// A non-stream answer whose replica closes before its Content-Length is not passed on as whole:
+// the proxy breaks the client's connection (the answer had begun), and the next request gets a
+// fresh replica connection and a whole answer.
+func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
+	var calls atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if answerProbes(w, r, "m") {
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		if calls.Add(1) == 1 {
+			c, bw, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+			bw.Flush()
+			c.Close()
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"whole":true}`)
+	}))
+	defer up.Close()
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, up.URL)
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Post(p.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m"}`))
+	if err == nil {
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Error(t, rerr, "a cut answer passed on as whole: %d %q", resp.StatusCode, body)
+	}
+	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.JSONEq(t, `{"whole":true}`, string(body))
+	p.WaitIdle(t, 2*time.Second)
 }
