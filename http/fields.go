@@ -45,7 +45,7 @@ func parseFields(body []byte) (requestFields, error) {
 		f.model = strings.Clone(m.Str) // m.Str may point into body
 		// gjson decodes the \u escape of a lone UTF-16 surrogate wrongly (it swallows the escape that
 		// follows); encoding/json, which decoded the replicas' model lists, makes it U+FFFD. Decode
-		// escaped names with it, so both sides spell a name alike. m.Raw passed json.Valid: no error.
+		// escaped names with it, so both sides spell a name alike. m.Raw passed validJSON: no error.
 		if strings.Contains(m.Raw, `\u`) {
 			_ = json.Unmarshal([]byte(m.Raw), &f.model)
 		}

@@ -72,13 +72,13 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 	}
 	h := http.Header(mh)
 	for k, vv := range h {
-		if !validFieldName(k) {
+		if !ValidFieldName(k) {
 			// textproto lets a space through ("Content-Length : 5"): a name that is not the
 			// header a front end may take it for.
 			return nil, nil, badRequest("invalid header name")
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !ValidFieldValue(v) {
 				return nil, nil, badRequest("invalid header value")
 			}
 		}
@@ -225,8 +225,8 @@ func validMethod(m string) bool {
 	return true
 }
 
-// validFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
-func validFieldName(k string) bool { return validMethod(k) }
+// ValidFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
+func ValidFieldName(k string) bool { return validMethod(k) }
 
 func isTokenByte(b byte) bool {
 	switch {
@@ -236,8 +236,8 @@ func isTokenByte(b byte) bool {
 	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
 }
 
-// validHeaderValue refuses control characters other than tab (RFC 9110 §5.5).
-func validHeaderValue(v string) bool {
+// ValidFieldValue reports whether a header value holds no control character but tab (RFC 9110 §5.5).
+func ValidFieldValue(v string) bool {
 	for i := 0; i < len(v); i++ {
 		if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
 			return false
