@@ -131,6 +131,30 @@ func TestDistServeChatAndCompletions(t *testing.T) {
 	}
 }
 
+// The prefill request carries the client's headers as any forwarded request does (less hop-by-hop
+// ones, with X-Forwarded-* and the request ID), is sent as JSON, and asks for no compression: the
+// proxy reads that answer itself. The decode request is forwarded with the client's headers as they are.
+func TestDistServePrefillHeaders(t *testing.T) {
+	p, pre, dec := startDistServe(t, lmhttp.DistServeConfig{})
+	code, _, b := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model", "messages": []any{}},
+		"X-Request-Id", "ds-id-1", "X-Custom", "yes", "Accept-Encoding", "gzip", "Connection", "X-Hop", "X-Hop", "no")
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	for _, c := range []struct {
+		rep      *proxytest.Replica
+		encoding string
+	}{{pre, ""}, {dec, "gzip"}} {
+		h := onlyRequest(t, c.rep, "/v1/chat/completions").Header
+		require.Equal(t, "ds-id-1", h.Get("X-Request-Id"), c.rep.URL)
+		require.Equal(t, "127.0.0.1", h.Get("X-Forwarded-For"), c.rep.URL)
+		require.Equal(t, "http", h.Get("X-Forwarded-Proto"), c.rep.URL)
+		require.Equal(t, "yes", h.Get("X-Custom"), c.rep.URL)
+		require.Equal(t, "application/json", h.Get("Content-Type"), c.rep.URL)
+		require.Equal(t, c.encoding, h.Get("Accept-Encoding"), c.rep.URL)
+		require.Empty(t, h.Get("X-Hop"), c.rep.URL)
+	}
+	p.WaitIdle(t, 2*time.Second)
+}
+
 // --migration-protocol travels as LMDeploy's enum number, in the migration request and in the link's
 // p2p_initialize and p2p_connect; only RDMA sends an RDMA config, with --link-type's number.
 func TestDistServeMigrationProtocols(t *testing.T) {
