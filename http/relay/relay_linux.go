@@ -20,6 +20,9 @@ const loopBufferSize = 64 << 10
 // are far smaller.
 const maxHeld = 16 << 10
 
+// maxEvents is the most events one epoll_wait returns to a loop.
+const maxEvents = 256
+
 // Relay is a set of event loops; streams are spread over them in turn.
 type Relay struct {
 	loops []*loop
@@ -31,7 +34,7 @@ type Relay struct {
 func New(n int) *Relay {
 	r := &Relay{}
 	for i := 0; i < max(n, 1); i++ {
-		l, err := newLoop()
+		l, err := openLoop()
 		if err != nil {
 			r.Close()
 			return nil
@@ -55,7 +58,7 @@ func (r *Relay) Close() {
 // may have to end; see Result.Line); otherwise bytes pass as they arrive. ok is false when
 // the relay is closed; nothing was written then.
 func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool) (res Result, ok bool) {
-	s := &stream{up: up, client: client, hold: hold, done: make(chan struct{})}
+	s := &stream{up: up, client: client, hold: hold, fresh: len(head) == 0, done: make(chan struct{})}
 	if len(head) > 0 {
 		s.res.FirstByte = time.Now()
 		n, err := s.f.Scan(head)
@@ -106,7 +109,10 @@ type stream struct {
 	// clientWatched: the client's socket is in the loop's set (it was once slower than the
 	// replica).
 	clientWatched bool
-	done          chan struct{}
+	// fresh: nothing of the body was read yet. Set before add, then read and cleared by the
+	// loop's goroutine only (no lock: it orders the batch, see dispatch).
+	fresh bool
+	done  chan struct{}
 }
 
 func (s *stream) result() Result {
@@ -194,14 +200,32 @@ type loop struct {
 
 	// Touched by the loop's goroutine only.
 	buf       []byte
-	maybeMore bool // a socket may have more to read with no new event to say so
+	maybeMore bool      // a socket may have more to read with no new event to say so
+	later     []pending // a batch's events that wait for its streams' first bytes
 	exited    chan struct{}
+}
+
+// pending is an event whose handling waits until the batch's first bytes are out.
+type pending struct {
+	s  *stream
+	ev syscall.EpollEvent
 }
 
 // A stream's two sockets are told apart in epoll's data by the low bit.
 func upToken(id int32) int32     { return id << 1 }
 func clientToken(id int32) int32 { return id<<1 | 1 }
 
+// openLoop makes a loop and starts it.
+func openLoop() (*loop, error) {
+	l, err := newLoop()
+	if err != nil {
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+// newLoop makes a loop without starting it.
 func newLoop() (*loop, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -211,7 +235,7 @@ func newLoop() (*loop, error) {
 		syscall.Close(epfd)
 		return nil, err
 	}
-	l := &loop{epfd: epfd, streams: map[int32]*stream{}, buf: make([]byte, loopBufferSize), exited: make(chan struct{})}
+	l := &loop{epfd: epfd, streams: map[int32]*stream{}, buf: make([]byte, loopBufferSize), later: make([]pending, 0, maxEvents), exited: make(chan struct{})}
 	if err := syscall.Pipe2(l.wake[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
 		syscall.Close(epfd)
 		return nil, err
@@ -227,7 +251,6 @@ func newLoop() (*loop, error) {
 		l.closeFDs()
 		return nil, err
 	}
-	go l.run()
 	return l, nil
 }
 
@@ -307,7 +330,7 @@ func (l *loop) closeFDs() {
 
 func (l *loop) run() {
 	defer close(l.exited)
-	events := make([]syscall.EpollEvent, 256)
+	events := make([]syscall.EpollEvent, maxEvents)
 	// The loop waits in Go's netpoller for the epoll set to have events: blocked in epoll_wait
 	// itself it would hold a thread in a system call, and each wake-up would cost the scheduler a
 	// hand-off (measured: ten times the futex calls). It stays inside one RawRead, whose function
@@ -337,16 +360,29 @@ func (l *loop) run() {
 	}
 }
 
-// dispatch handles one batch of events; it reports false when the loop must stop.
+// dispatch handles one batch of events; it reports false when the loop must stop. A stream's
+// first bytes from its replica go out before the batch's other events: they are the client's time
+// to first token, while taking one event out of turn delays each other stream by that event only.
 func (l *loop) dispatch(events []syscall.EpollEvent) bool {
+	later := l.later[:0]
 	for _, ev := range events {
 		if ev.Fd == -1 {
 			return false // only Close writes to the pipe
 		}
-		if s := l.lookup(ev.Fd >> 1); s != nil {
+		s := l.lookup(ev.Fd >> 1)
+		switch {
+		case s == nil:
+		case s.fresh && ev.Fd&1 == 0:
 			l.handle(s, ev)
+		default:
+			later = append(later, pending{s, ev})
 		}
 	}
+	for _, p := range later {
+		l.handle(p.s, p.ev)
+	}
+	clear(later) // the streams may finish before the next batch
+	l.later = later[:0]
 	return true
 }
 
@@ -422,6 +458,7 @@ func (l *loop) upReady(s *stream, events uint32) {
 	if s.res.FirstByte.IsZero() {
 		s.res.FirstByte = time.Now()
 	}
+	s.fresh = false
 	body, ferr := s.f.Scan(l.buf[:n])
 	if !s.forward(l.buf[:body]) {
 		l.finish(s)
