@@ -142,12 +142,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	}
 	defer resp.Body.Close()
 
+	sse := isEventStream(resp.Header.Get("Content-Type"))
+	flush := sse || resp.ContentLength == -1
+	// A short whole answer is read before anything is written: if the replica stops before its
+	// Content-Length, the client still gets a clean error instead of a broken connection.
+	var whole []byte
+	if !flush && resp.ContentLength < bodyBufferSize {
+		bp := bodyBuffers.Get().(*[]byte)
+		defer bodyBuffers.Put(bp)
+		n, err := readWhole(t, resp.Body, *bp)
+		if err != nil {
+			return s.cutAnswer(w, r, ctx, target, err)
+		}
+		whole = (*bp)[:n]
+	}
+
 	h := w.Header()
 	copyHeaders(h, resp.Header)
 	h.Set("X-Request-Id", t.id)
 	w.WriteHeader(resp.StatusCode)
-	sse := isEventStream(resp.Header.Get("Content-Type"))
-	flush := sse || resp.ContentLength == -1
 	fl, _ := writerAs[flusher](t.ResponseWriter)
 	if flush && fl != nil {
 		fl.FlushError() // headers leave now, not with a slow first token
@@ -157,13 +170,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	if flush {
 		rerr, werr, line, relayed = s.relayBody(ctx, t, resp, sse)
 	}
-	if !relayed {
+	switch {
+	case relayed:
+	case whole != nil:
+		_, werr = t.Write(whole)
+	default:
 		rerr, werr, line = copyBody(t, fl, resp.Body, flush, sse)
-		if !flush && rerr == nil && werr == nil && fl != nil {
-			// The whole answer is written: it leaves now, not after the lease's release, the
-			// metrics and the access log.
-			werr = fl.FlushError()
-		}
+	}
+	if !flush && rerr == nil && werr == nil && fl != nil {
+		// The whole answer is written: it leaves now, not after the lease's release, the metrics
+		// and the access log.
+		werr = fl.FlushError()
 	}
 
 	res := forwardResult{outcome: statusOutcome(resp.StatusCode)}
@@ -173,12 +190,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 		// not leave early: only a cut answer is a disconnect.
 		res.outcome = messages.ClientGone
 	case rerr != nil:
-		status, msg := http.StatusBadGateway, "the replica failed mid-answer: "+rerr.Error()
-		res.outcome = messages.UpstreamError
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			status, msg = http.StatusGatewayTimeout, "the replica did not finish within the upstream timeout"
-			res.outcome = messages.Timeout
-		}
+		var status int
+		var msg string
+		status, msg, res.outcome = midAnswerError(ctx, rerr)
 		if sse && resp.StatusCode < 300 && line != relay.MidLine {
 			if line == relay.LineEnd {
 				t.Write([]byte("\n")) // the replica's unfinished event ends before the error's
@@ -193,6 +207,46 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 		s.log.WithFields(map[string]any{"request_id": t.id, "replica": target}).Warn(msg)
 	}
 	return res
+}
+
+// midAnswerError describes a replica that stopped inside its answer's body.
+func midAnswerError(ctx context.Context, err error) (status int, msg string, outcome messages.Outcome) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return http.StatusGatewayTimeout, "the replica did not finish within the upstream timeout", messages.Timeout
+	}
+	return http.StatusBadGateway, "the replica failed mid-answer: " + err.Error(), messages.UpstreamError
+}
+
+// readWhole reads a whole answer's body, shorter than buf, to its end. It records the time to the
+// first byte.
+func readWhole(t *tracked, body io.Reader, buf []byte) (int, error) {
+	n := 0
+	for {
+		m, err := body.Read(buf[n:])
+		if m > 0 && t.ttft == 0 {
+			t.ttft = time.Since(t.start)
+		}
+		n += m
+		switch {
+		case err == io.EOF:
+			return n, nil
+		case err != nil:
+			return n, err
+		case n == len(buf):
+			return n, errors.New("the answer is longer than its Content-Length")
+		}
+	}
+}
+
+// cutAnswer handles a whole answer that stopped before its end while nothing of it was written.
+func (s *Server) cutAnswer(w http.ResponseWriter, r *http.Request, ctx context.Context, target string, err error) forwardResult {
+	if r.Context().Err() != nil {
+		return forwardResult{outcome: messages.ClientGone}
+	}
+	status, msg, outcome := midAnswerError(ctx, err)
+	s.log.WithFields(map[string]any{"request_id": track(w).id, "replica": target}).Warn(msg)
+	writeError(w, r, errorf(status, msg))
+	return forwardResult{outcome: outcome}
 }
 
 // failedExchange handles a round trip that got no answer at all.

@@ -3,9 +3,11 @@ package http_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -293,10 +295,9 @@ func TestGenericV1PathIsRouted(t *testing.T) {
 	require.True(t, bytes.Contains(body, []byte("/v1/embeddings")))
 }
 
-// A non-stream answer whose replica closes before its Content-Length is not passed on as whole:
-// the proxy breaks the client's connection (the answer had begun), and the next request gets a
-// fresh replica connection and a whole answer.
-func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
+// cutReplica answers its first chat request with a head declaring length bytes and only part of
+// them, then closes; later requests get {"whole":true}.
+func cutReplica(t *testing.T, length int) *httptest.Server {
 	var calls atomic.Int32
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if answerProbes(w, r, "m") {
@@ -308,7 +309,8 @@ func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
 			if err != nil {
 				return
 			}
-			bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+			fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", length)
+			bw.WriteString(`{"partial":"` + strings.Repeat("x", length/2))
 			bw.Flush()
 			c.Close()
 			return
@@ -316,9 +318,54 @@ func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"whole":true}`)
 	}))
-	defer up.Close()
+	t.Cleanup(up.Close)
+	return up
+}
+
+// A short non-stream answer whose replica closes before its Content-Length becomes a 502 with a
+// JSON error, on a client connection that stays usable; the next request gets a fresh replica
+// connection and a whole answer.
+func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
 	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
-	addURL(t, p, up.URL)
+	addURL(t, p, cutReplica(t, 1000).URL)
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	var conns atomic.Int32
+	client := &http.Client{Transport: tr}
+	post := func() (int, []byte) {
+		req, err := http.NewRequest(http.MethodPost, p.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+		require.NoError(t, err)
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) {
+				if !i.Reused {
+					conns.Add(1)
+				}
+			},
+		}))
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, body
+	}
+	code, body := post()
+	require.Equal(t, http.StatusBadGateway, code, string(body))
+	require.Contains(t, string(body), "the replica failed mid-answer")
+	require.Contains(t, string(body), `"type"`)
+	code, body = post()
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.JSONEq(t, `{"whole":true}`, string(body))
+	require.Equal(t, int32(1), conns.Load(), "the client's connection was not kept")
+	p.WaitIdle(t, 2*time.Second)
+}
+
+// A long non-stream answer passes on as it arrives: cut before its Content-Length, it has begun,
+// so the proxy breaks the client's connection rather than end it as whole.
+func TestLongNonStreamAnswerCutBreaksTheConnection(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, cutReplica(t, 200<<10).URL)
 
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
@@ -326,7 +373,7 @@ func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
 	if err == nil {
 		body, rerr := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		require.Error(t, rerr, "a cut answer passed on as whole: %d %q", resp.StatusCode, body)
+		require.Error(t, rerr, "a cut answer passed on as whole: %d, %d bytes", resp.StatusCode, len(body))
 	}
 	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m"})
 	require.Equal(t, http.StatusOK, code, string(body))
