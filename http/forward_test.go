@@ -361,6 +361,34 @@ func TestNonStreamAnswerCutBeforeItsLength(t *testing.T) {
 	p.WaitIdle(t, 2*time.Second)
 }
 
+// A short non-stream answer whose replica stalls inside its body past --upstream-timeout becomes a
+// 504 with a JSON error: nothing of it had been written.
+func TestNonStreamAnswerStalledPastTheUpstreamTimeout(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if answerProbes(w, r, "m") {
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		c, bw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+		bw.Flush()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c) // until the proxy gives up and closes its end
+	}))
+	defer up.Close()
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{HTTP: lmhttpTimeout(200 * time.Millisecond)})
+	addURL(t, p, up.URL)
+
+	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m"})
+	require.Equal(t, http.StatusGatewayTimeout, code, string(body))
+	require.Contains(t, string(body), "upstream timeout")
+	p.WaitIdle(t, 2*time.Second)
+}
+
 // A long non-stream answer passes on as it arrives: cut before its Content-Length, it has begun,
 // so the proxy breaks the client's connection rather than end it as whole.
 func TestLongNonStreamAnswerCutBreaksTheConnection(t *testing.T) {
