@@ -315,12 +315,18 @@ func TestRelayNoticesAClientThatLeft(t *testing.T) {
 func TestRelaySlowClientPushesBackOnTheReplica(t *testing.T) {
 	r := newRelay(t)
 	up, client := newPair(t), newPair(t)
+	// Fixed socket buffers: autotuned ones may grow to tcp_rmem's maximum (32 MiB here), enough
+	// to take the whole body without any push-back.
+	for _, c := range []net.Conn{up.near, up.far, client.near, client.far} {
+		require.NoError(t, c.(*net.TCPConn).SetReadBuffer(128<<10))
+		require.NoError(t, c.(*net.TCPConn).SetWriteBuffer(128<<10))
+	}
 	ch := run(context.Background(), r, up, client, nil)
 	data := bytes.Repeat([]byte("x"), 64<<10)
 	var want bytes.Buffer
 	writerDone := make(chan error, 1)
 	go func() {
-		for i := 0; i < 400; i++ { // 25 MiB: more than both sockets' buffers can hold
+		for i := 0; i < 400; i++ { // 25 MiB: far more than the sockets' buffers can hold
 			c := chunkOf(string(data))
 			if _, err := io.WriteString(up.far, c); err != nil {
 				writerDone <- err
