@@ -146,8 +146,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	flush := sse || resp.ContentLength == -1
 	// A short whole answer is read before anything is written: if the replica stops before its
 	// Content-Length, the client still gets a clean error instead of a broken connection.
+	readFirst := !flush && resp.ContentLength < bodyBufferSize
 	var whole []byte
-	if !flush && resp.ContentLength < bodyBufferSize {
+	if readFirst {
 		bp := bodyBuffers.Get().(*[]byte)
 		defer bodyBuffers.Put(bp)
 		n, err := readWhole(t, resp.Body, *bp)
@@ -172,7 +173,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	}
 	switch {
 	case relayed:
-	case whole != nil:
+	case readFirst:
 		_, werr = t.Write(whole)
 	default:
 		rerr, werr, line = copyBody(t, fl, resp.Body, flush, sse)

@@ -58,7 +58,7 @@ func (r *Relay) Close() {
 // may have to end; see Result.Line); otherwise bytes pass as they arrive. ok is false when
 // the relay is closed; nothing was written then.
 func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool) (res Result, ok bool) {
-	s := &stream{up: up, client: client, hold: hold, fresh: len(head) == 0, done: make(chan struct{})}
+	s := &stream{up: up, client: client, hold: hold, done: make(chan struct{})}
 	if len(head) > 0 {
 		s.res.FirstByte = time.Now()
 		n, err := s.f.Scan(head)
@@ -91,7 +91,9 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool)
 	return s.result(), true
 }
 
-// stream is one relayed body. Between add and done it is touched under its own lock only.
+// stream is one relayed body. Between add and done it is touched under its own lock only, except
+// res.FirstByte: once added, only the loop's goroutine writes it, so that goroutine reads it
+// without the lock (dispatch orders a batch by it).
 type stream struct {
 	mu      sync.Mutex
 	id      int32
@@ -109,10 +111,7 @@ type stream struct {
 	// clientWatched: the client's socket is in the loop's set (it was once slower than the
 	// replica).
 	clientWatched bool
-	// fresh: nothing of the body was read yet. Set before add, then read and cleared by the
-	// loop's goroutine only (no lock: it orders the batch, see dispatch).
-	fresh bool
-	done  chan struct{}
+	done          chan struct{}
 }
 
 func (s *stream) result() Result {
@@ -372,7 +371,7 @@ func (l *loop) dispatch(events []syscall.EpollEvent) bool {
 		s := l.lookup(ev.Fd >> 1)
 		switch {
 		case s == nil:
-		case s.fresh && ev.Fd&1 == 0:
+		case ev.Fd&1 == 0 && s.res.FirstByte.IsZero():
 			l.handle(s, ev)
 		default:
 			later = append(later, pending{s, ev})
@@ -458,7 +457,6 @@ func (l *loop) upReady(s *stream, events uint32) {
 	if s.res.FirstByte.IsZero() {
 		s.res.FirstByte = time.Now()
 	}
-	s.fresh = false
 	body, ferr := s.f.Scan(l.buf[:n])
 	if !s.forward(l.buf[:body]) {
 		l.finish(s)
