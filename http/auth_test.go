@@ -23,6 +23,12 @@ func TestAPIKeysGuardV1(t *testing.T) {
 	requireOpenAIError(t, b, 401)
 	code, _, _ = postJSON(t, url, body, "Authorization", "Bearer k2")
 	require.Equal(t, http.StatusOK, code)
+	for _, scheme := range []string{"bearer", "BEARER"} {
+		code, _, _ = postJSON(t, url, body, "Authorization", scheme+" k1")
+		require.Equal(t, http.StatusOK, code, "the scheme is matched in any case, as LMDeploy's proxy matches it")
+	}
+	code, _, _ = postJSON(t, url, body, "Authorization", "Bearer K1")
+	require.Equal(t, http.StatusUnauthorized, code, "the key is matched exactly")
 	code, _, _ = do(t, http.MethodGet, p.URL+"/v1/models", "", nil)
 	require.Equal(t, http.StatusUnauthorized, code)
 
@@ -33,6 +39,19 @@ func TestAPIKeysGuardV1(t *testing.T) {
 	code, h, _ := do(t, http.MethodOptions, url, "", nil, "Origin", "http://app.example", "Access-Control-Request-Method", "POST")
 	require.Equal(t, http.StatusNoContent, code)
 	require.Equal(t, "*", h.Get("Access-Control-Allow-Origin"))
+	require.Equal(t, "Authorization, Content-Type, X-Request-Id", h.Get("Access-Control-Allow-Headers"))
+}
+
+// OpenAI's JavaScript SDK sends headers of its own (x-stainless-*, openai-beta): a browser only
+// sends the request if the preflight allows every header it asked for.
+func TestPreflightAllowsTheHeadersTheBrowserAsksFor(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{HTTP: lmhttp.Config{APIKeys: []string{"k1"}}}, 1, proxytest.ReplicaConfig{})
+	asked := "authorization, content-type, x-stainless-os, openai-beta"
+	code, h, _ := do(t, http.MethodOptions, p.URL+"/v1/chat/completions", "", nil,
+		"Origin", "http://app.example", "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", asked)
+	require.Equal(t, http.StatusNoContent, code)
+	require.Equal(t, asked, h.Get("Access-Control-Allow-Headers"))
+	require.Empty(t, h.Get("Access-Control-Allow-Credentials"), "all origins, so never with credentials")
 }
 
 func TestAdminKeysGuardNodesAndDistServe(t *testing.T) {

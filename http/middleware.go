@@ -82,7 +82,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Access-Control-Expose-Headers", "X-Request-Id")
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 			h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id")
+			h.Set("Access-Control-Allow-Headers", allowedHeaders(r))
 			h.Set("Access-Control-Max-Age", "600")
 			t.WriteHeader(http.StatusNoContent)
 			return
@@ -228,8 +228,7 @@ func (s *Server) authorize(r *http.Request) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	auth := r.Header.Get("Authorization")
-	got, ok := strings.CutPrefix(auth, "Bearer ")
+	got, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok {
 		return errorf(http.StatusUnauthorized, "missing API key: send Authorization: Bearer <key>")
 	}
@@ -241,6 +240,28 @@ func (s *Server) authorize(r *http.Request) error {
 		return errorf(http.StatusUnauthorized, "invalid API key")
 	}
 	return nil
+}
+
+// allowedHeaders answers a preflight's Access-Control-Request-Headers: every header a browser asks
+// to send is allowed (OpenAI's JavaScript SDK sends its own x-stainless-* and openai-* headers), as
+// LMDeploy's proxy allows them. "*" would not cover Authorization (Fetch standard), so the list is
+// echoed; without one, the headers lmproxy's own API reads.
+func allowedHeaders(r *http.Request) string {
+	if asked := strings.Join(r.Header.Values("Access-Control-Request-Headers"), ", "); asked != "" {
+		return asked
+	}
+	return "Authorization, Content-Type, X-Request-Id"
+}
+
+// bearerToken returns the credentials of an "Authorization: Bearer <key>" header. The scheme is
+// matched in any case (RFC 9110 §11.1), as LMDeploy's proxy (FastAPI's HTTPBearer) matches it;
+// the key is taken as it is.
+func bearerToken(auth string) (string, bool) {
+	const scheme = "Bearer "
+	if len(auth) < len(scheme) || !strings.EqualFold(auth[:len(scheme)], scheme) {
+		return "", false
+	}
+	return auth[len(scheme):], true
 }
 
 // infoEnabled reports whether l writes info lines; its level can change while the proxy runs.
