@@ -283,6 +283,26 @@ func TestDialErrorOpensCircuitAtOnce(t *testing.T) {
 	require.Equal(t, messages.NoRoutableReplica, r.acquire(testModel).Status)
 }
 
+// TestReAddClosesCircuit: a replica added again has just answered the add's probe, so SPEC §4's
+// "routable at once" holds for it even when its circuit was open; its in-flight count is kept.
+func TestReAddClosesCircuit(t *testing.T) {
+	r := startRegistry(t, actors.Config{HealthInterval: time.Hour, Probe: newFakeProbe(answerHealthy).probe, CircuitCooldown: time.Hour})
+	const url = "http://a"
+	r.mustRegister(hybrid(url, 1), messages.HealthHealthy)
+	held := r.mustAcquire(testModel)
+	r.Release(r.mustAcquire(testModel), messages.DialError, 0)
+	require.Equal(t, messages.CircuitOpen, r.mustReplica(url, false).Circuit)
+
+	r.mustRegister(hybrid(url, 1), messages.HealthHealthy)
+	s := r.mustReplica(url, false)
+	require.Equal(t, messages.CircuitClosed, s.Circuit)
+	require.True(t, s.Routable)
+	require.Equal(t, 1, s.Unfinished, "a re-add keeps the counters")
+	r.Release(held, messages.OK, time.Second)
+	r.Release(r.mustAcquire(testModel), messages.OK, time.Second)
+	r.requireNoMiscount()
+}
+
 // TestUpstreamErrorsOpenCircuitAfterThree: PassiveFailures (default 3) consecutive failures open
 // the circuit; an OK in between starts the count again.
 func TestUpstreamErrorsOpenCircuitAfterThree(t *testing.T) {

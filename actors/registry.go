@@ -303,6 +303,9 @@ func (g *registry) upsert(m messages.Register) (actorID uint64, regs []messages.
 	}
 	e.reg = m.Reg
 	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
+	// A new registration starts with a closed circuit, as it starts with the health it was given:
+	// an add has just probed the replica, and SPEC §4 makes it routable at once.
+	e.passiveFails, e.circuitOpen, e.openUntil, e.trialUntil = 0, false, time.Time{}, time.Time{}
 	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
 	return g.st.nextGen, g.reindex()
 }
