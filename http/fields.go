@@ -70,17 +70,18 @@ func parseFields(body []byte) (requestFields, error) {
 	return f, nil
 }
 
-// topFields returns the top-level fields model, stream and n of a valid JSON object (the first of
-// each, as gjson.Get would) in one pass over it. The body is read in place, not copied as
+// topFields returns the top-level fields model, stream and n of a valid JSON object in one pass
+// over it. Of a key given twice the last counts, as for the replica's own parser (Python's json,
+// Go's encoding/json): the request goes where its model says for whoever reads it. The body is read in place, not copied as
 // gjson.GetManyBytes would: the results' strings may point into it.
 func topFields(body []byte) (model, stream, n gjson.Result) {
 	gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body))).ForEach(func(k, v gjson.Result) bool {
-		switch {
-		case k.Str == "model" && !model.Exists():
+		switch k.Str {
+		case "model":
 			model = v
-		case k.Str == "stream" && !stream.Exists():
+		case "stream":
 			stream = v
-		case k.Str == "n" && !n.Exists():
+		case "n":
 			n = v
 		}
 		return true

@@ -295,6 +295,20 @@ func TestGenericV1PathIsRouted(t *testing.T) {
 	require.True(t, bytes.Contains(body, []byte("/v1/embeddings")))
 }
 
+// A body that names its model twice goes where the last one says: that is the model the replica
+// itself will read (Python's json and Go's encoding/json keep the last of a duplicate key).
+func TestDuplicateModelKeyRoutesByTheLast(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	first := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	last := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m2"}})
+	p.MustAdd(t, first, last)
+	code, _, body := do(t, http.MethodPost, p.URL+"/v1/chat/completions", "application/json",
+		[]byte(`{"model":"m1","messages":[{"role":"user","content":"hi"}],"model":"m2"}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.Len(t, last.Requests("/v1/chat/completions"), 1)
+	require.Empty(t, first.Requests("/v1/chat/completions"))
+}
+
 // cutReplica answers its first chat request with a head declaring length bytes and only part of
 // them, then closes; later requests get {"whole":true}.
 func cutReplica(t *testing.T, length int) *httptest.Server {
