@@ -75,22 +75,23 @@ func startProxyWith(t *testing.T, secure bool, replica string) (*proxytest.Proxy
 
 // A replica that fails inside an SSE event: what the client got of the stream ends with whole
 // lines, then one error event and a clean end (SPEC §7). The unfinished chunk or line is held back
-// and dropped; an event left open after a whole line is ended by a blank line first. Only in the
-// relay, which passes whole chunks on unchanged, does a chunk that ends inside a line (a replica
-// splitting an event across chunks) leave nothing but to cut the connection. Both ways of passing a stream on are covered: the relay (plain
-// HTTP/1.1 clients) and the copy (TLS clients).
+// and dropped (the relay, which passes whole chunks on unchanged, holds a chunk that ends inside a
+// line until a later one ends the line); an event left open after a whole line is ended by a blank
+// line first. Both ways of passing a stream on are covered: the relay (plain HTTP/1.1 clients) and
+// the copy (TLS clients).
 func TestStreamCutInsideAnEvent(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		events []string // whole chunks
 		tail   string   // then this, then the connection closes
 		want   []string // the data lines the client gets, before the error event
-		cut    bool     // the relay cuts the client's connection instead (the copy holds whole lines)
 	}{
-		{"inside a chunk", []string{"data: {\"i\":0}\n\n"}, "e\r\ndata: {\"i\"", []string{`{"i":0}`}, false},
-		{"inside a chunk's size", []string{"data: {\"i\":0}\n\n"}, "1", []string{`{"i":0}`}, false},
-		{"after a whole line", []string{"data: {\"i\":0}\n\n", "data: {\"i\":1}\n"}, "", []string{`{"i":0}`, `{"i":1}`}, false},
-		{"a chunk ending inside a line", []string{"data: {\"i\":0}\n\n", "data: {\"i\""}, "", []string{`{"i":0}`}, true},
+		{"inside a chunk", []string{"data: {\"i\":0}\n\n"}, "e\r\ndata: {\"i\"", []string{`{"i":0}`}},
+		{"inside a chunk's size", []string{"data: {\"i\":0}\n\n"}, "1", []string{`{"i":0}`}},
+		{"after a whole line", []string{"data: {\"i\":0}\n\n", "data: {\"i\":1}\n"}, "", []string{`{"i":0}`, `{"i":1}`}},
+		{"a chunk ending inside a line", []string{"data: {\"i\":0}\n\n", "data: {\"i\""}, "", []string{`{"i":0}`}},
+		{"a line over two chunks", []string{"data: {\"i\":0}\n\n", "data: {\"i\"", ":1}\n\n", "data: {\"i\""}, "",
+			[]string{`{"i":0}`, `{"i":1}`}},
 	} {
 		for _, secure := range []bool{false, true} {
 			name := tc.name + "/relay"
@@ -107,12 +108,6 @@ func TestStreamCutInsideAnEvent(t *testing.T) {
 				defer resp.Body.Close()
 				require.Equal(t, http.StatusOK, resp.StatusCode)
 				got, err := io.ReadAll(resp.Body)
-				if tc.cut && !secure {
-					require.ErrorIs(t, err, io.ErrUnexpectedEOF, "a cut answer, not a clean end: %q", got)
-					require.NotContains(t, string(got), `"error"`)
-					p.WaitIdle(t, 5*time.Second)
-					return
-				}
 				require.NoError(t, err, "%q", got)
 				events := strings.Split(strings.TrimSuffix(string(got), "\n\n"), "\n\n")
 				require.Len(t, events, len(tc.want)+1, "%q", got)

@@ -37,7 +37,9 @@ type Framing struct {
 
 	// After a Scan: safe is how many of its bytes end at the last chunk end in them, or at the
 	// end of the last chunk's data when its line end has not come (0: neither), safeTail the data's
-	// tail there, and safeOpen whether it is the latter.
+	// tail there, and safeOpen whether it is the latter. A point where the data ends inside a line
+	// is not safe: a replica failing before the line's end would leave the client half a line
+	// that no error event can follow.
 	safe     int
 	safeTail Tail
 	safeOpen bool
@@ -86,7 +88,9 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				f.state = stDataCR
 				// A replica may send a chunk's line end only with the next chunk: its data
 				// must not wait for it.
-				f.safe, f.safeTail, f.safeOpen = i+1, f.tail, true
+				if !f.tail.inLine() {
+					f.safe, f.safeTail, f.safeOpen = i+1, f.tail, true
+				}
 			}
 		case stDataCR:
 			if b != '\r' {
@@ -98,7 +102,9 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				return i, ErrFraming
 			}
 			f.state = stSize
-			f.safe, f.safeTail, f.safeOpen = i+1, f.tail, false
+			if !f.tail.inLine() {
+				f.safe, f.safeTail, f.safeOpen = i+1, f.tail, false
+			}
 		case stTrailer:
 			switch b {
 			case '\r':
@@ -134,8 +140,9 @@ func (f *Framing) Done() bool { return f.state == stDone }
 func (f *Framing) AtBoundary() bool { return f.state == stSize }
 
 // Safe returns how many bytes of the last Scan can go to the client now: up to the last chunk end
-// in them, or the end of the last chunk's data (0 when neither), and where the data stood there
-// (MidLine before a chunk's line end: no chunk can follow yet).
+// in them, or the end of the last chunk's data (0 when neither), where the data does not end inside
+// a line, and where the data stood there (MidLine before a chunk's line end: no chunk can follow
+// yet).
 func (f *Framing) Safe() (int, LineState) {
 	if f.safeOpen {
 		return f.safe, MidLine
@@ -182,6 +189,11 @@ func (t Tail) Line() LineState {
 	}
 	return MidLine
 }
+
+// inLine reports whether the data followed so far ends inside a line. A CR is taken as a line end
+// (SSE allows CR alone), so a stream with CR line ends is never held; its LF may still follow, so
+// Line says MidLine there.
+func (t Tail) inLine() bool { return t.Line() == MidLine && t.b&0xFF != '\r' }
 
 func hexValue(b byte) (byte, bool) {
 	switch {

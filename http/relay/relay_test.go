@@ -152,7 +152,12 @@ func TestRelayReplicaFailure(t *testing.T) {
 		{"inside a chunk", chunkOf(event(0)) + chunkOf(event(1))[:9], chunkOf(event(0)), relay.EventEnd},
 		{"inside the last chunk", chunkOf(event(0)) + "0\r\n", chunkOf(event(0)), relay.EventEnd},
 		{"a chunk ending after a line", chunkOf(event(0)) + chunkOf("data: x\n"), chunkOf(event(0)) + chunkOf("data: x\n"), relay.LineEnd},
-		{"a chunk ending inside a line", chunkOf(event(0)) + chunkOf("data: {"), chunkOf(event(0)) + chunkOf("data: {"), relay.MidLine},
+		{"a chunk ending inside a line", chunkOf(event(0)) + chunkOf("data: {"), chunkOf(event(0)), relay.EventEnd},
+		{"a chunk ending inside a line after a whole one", chunkOf(event(0)) + chunkOf("data: x\n") + chunkOf("data: {"),
+			chunkOf(event(0)) + chunkOf("data: x\n"), relay.LineEnd},
+		{"a line ended over two chunks", chunkOf(event(0)) + chunkOf("data: {") + chunkOf("}\n"),
+			chunkOf(event(0)) + chunkOf("data: {") + chunkOf("}\n"), relay.LineEnd},
+		{"a chunk ending with a CR", chunkOf(event(0)) + chunkOf("data: x\r"), chunkOf(event(0)) + chunkOf("data: x\r"), relay.MidLine},
 		{"a chunk too large to hold", huge, huge, relay.MidLine},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
