@@ -20,12 +20,8 @@ var errClientGone = errors.New("client left")
 
 // readRequest checks the Content-Type, reads the body up to --max-body and reads its routing fields.
 func (s *Server) readRequest(w http.ResponseWriter, r *http.Request) ([]byte, requestFields, error) {
-	// The common exact value skips the media-type parser (it allocates a parameter map).
-	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return nil, requestFields{}, errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not "+ct)
-		}
+	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+		return nil, requestFields{}, err
 	}
 	if r.ContentLength > s.cfg.MaxBody {
 		return nil, requestFields{}, errTooLarge(s.cfg.MaxBody)
@@ -40,6 +36,21 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request) ([]byte, re
 	}
 	f, err := parseFields(body)
 	return body, f, err
+}
+
+// checkJSONContentType answers 415 to a Content-Type that is not JSON: application/json or any +json
+// type passes, with parameters or without, and so does no Content-Type at all. The inference routes
+// and the admin bodies share this one rule.
+func checkJSONContentType(ct string) error {
+	// The common exact value skips the media-type parser (it allocates a parameter map).
+	if ct == "" || ct == "application/json" {
+		return nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+		return errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not "+ct)
+	}
+	return nil
 }
 
 func errTooLarge(limit int64) error {

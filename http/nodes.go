@@ -122,9 +122,9 @@ func normalizeURL(raw string) (string, error) {
 // handleNodesAdd answers POST /nodes/add: probe GET <url>/v1/models, then add or replace the
 // replica. 502 unreachable or no model; 400 a declared model the replica does not serve; 200.
 func (s *Server) handleNodesAdd(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	body, err := readAdminBody(r)
 	if err != nil {
-		writeError(w, r, errorf(http.StatusBadRequest, "cannot read body: "+err.Error()))
+		writeError(w, r, err)
 		return
 	}
 	reg, err := parseAddRequest(body)
@@ -207,18 +207,35 @@ func (s *Server) probeModels(ctx context.Context, base string) (map[string]bool,
 	return served, nil
 }
 
+// readAdminBody reads the JSON body of an admin request, held to the Content-Type rule of /v1/*.
+func readAdminBody(r *http.Request) ([]byte, error) {
+	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "cannot read body: "+err.Error())
+	}
+	return body, nil
+}
+
 // nodeURL reads the replica URL of /nodes/remove and /nodes/terminate: ?node_url= or {"url": ...}.
+// The query form reads no body, so its Content-Type does not matter.
 func nodeURL(r *http.Request) (string, error) {
 	if q := r.URL.Query().Get("node_url"); q != "" {
 		return normalizeURL(q)
 	}
-	var body struct {
+	body, err := readAdminBody(r)
+	if err != nil {
+		return "", err
+	}
+	var req struct {
 		URL string `json:"url"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body); err != nil {
+	if json.Unmarshal(body, &req) != nil {
 		return "", errorf(http.StatusBadRequest, `send {"url": "..."} or ?node_url=...`)
 	}
-	return normalizeURL(body.URL)
+	return normalizeURL(req.URL)
 }
 
 // handleNodesRemove answers POST /nodes/remove: 404 unknown, 200 removed.

@@ -125,6 +125,36 @@ func TestNodesTerminate(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, code)
 }
 
+// Bug: the admin JSON endpoints read a body whatever its Content-Type. They answer 415 to a type
+// that is not JSON, by the rule of /v1/*, and change nothing; the query form of remove and terminate
+// reads no body and takes any Content-Type.
+func TestNodesWrongContentTypeIs415(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{})
+	rep := reps[0]
+	body := []byte(`{"url": "` + rep.URL + `"}`)
+	for _, path := range []string{"/nodes/add", "/nodes/remove", "/nodes/terminate"} {
+		for _, ct := range []string{"text/plain", "application/x-www-form-urlencoded", "application/json;;;="} {
+			code, _, b := do(t, http.MethodPost, p.URL+path, ct, body)
+			require.Equal(t, http.StatusUnsupportedMediaType, code, "%s %s: %s", path, ct, b)
+			require.Contains(t, decode(t, b)["detail"], ct)
+		}
+	}
+	require.Len(t, p.Status(t), 1, "a refused request changes nothing")
+	require.False(t, rep.Terminated())
+
+	other := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	for _, ct := range []string{"", "application/json", "application/json; charset=utf-8", "application/vnd.api+json"} {
+		code, _, b := do(t, http.MethodPost, p.URL+"/nodes/add", ct, []byte(`{"url": "`+other.URL+`"}`))
+		require.Equal(t, http.StatusOK, code, "%q: %s", ct, b)
+	}
+	code, _, b := do(t, http.MethodPost, p.URL+"/nodes/remove?node_url="+other.URL, "text/plain", nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	code, _, b = do(t, http.MethodPost, p.URL+"/nodes/terminate?node_url="+rep.URL, "application/x-www-form-urlencoded", nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	require.True(t, rep.Terminated())
+	require.Empty(t, p.Status(t))
+}
+
 func TestNodesTerminateAll(t *testing.T) {
 	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 2, proxytest.ReplicaConfig{})
 	reps[1].SetTerminateStatus(http.StatusInternalServerError)
