@@ -23,19 +23,29 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request) ([]byte, re
 	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
 		return nil, requestFields{}, err
 	}
-	if r.ContentLength > s.cfg.MaxBody {
-		return nil, requestFields{}, errTooLarge(s.cfg.MaxBody)
-	}
-	body, err := readBody(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody), r.ContentLength)
+	body, err := readBodyUpTo(w, r, s.cfg.MaxBody)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return nil, requestFields{}, errTooLarge(s.cfg.MaxBody)
-		}
-		return nil, requestFields{}, errorf(http.StatusBadRequest, "cannot read request body: "+err.Error())
+		return nil, requestFields{}, err
 	}
 	f, err := parseFields(body)
 	return body, f, err
+}
+
+// readBodyUpTo reads the whole request body: 413 when it is larger than limit (a declared length
+// says so before any byte is read), 400 when it cannot be read.
+func readBodyUpTo(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, errTooLarge(limit)
+	}
+	body, err := readBody(http.MaxBytesReader(w, r.Body, limit), r.ContentLength)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, errTooLarge(limit)
+		}
+		return nil, errorf(http.StatusBadRequest, "cannot read request body: "+err.Error())
+	}
+	return body, nil
 }
 
 // checkJSONContentType answers 415 to a Content-Type that is not JSON: application/json or any +json

@@ -153,7 +153,9 @@ func malformedCases() []malformed {
 		{name: "body over --max-body", body: `{"model":"sim-model","x":"` + strings.Repeat("a", malformedMaxBody) + `"}`, code: 413, shape: shapeOpenAI},
 		{name: "chunked body over --max-body", chunked: true, body: `{"model":"sim-model","x":"` + strings.Repeat("a", malformedMaxBody) + `"}`, code: 413, shape: shapeOpenAI},
 		{name: "declared length over --max-body, body held back", raw: rawPost("Content-Type: application/json\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n", ""), code: 413, shape: shapeOpenAI},
-		{name: "/nodes/add body over its limit", path: "/nodes/add", body: `{"url":"` + strings.Repeat("h", 2<<20) + `"}`, code: 400, shape: shapeDetail},
+		{name: "/nodes/add body over --max-body", path: "/nodes/add", body: `{"url":"` + strings.Repeat("h", malformedMaxBody) + `"}`, code: 413, shape: shapeDetail},
+		{name: "/nodes/add chunked body over --max-body", path: "/nodes/add", chunked: true, body: `{"url":"` + strings.Repeat("h", malformedMaxBody) + `"}`, code: 413, shape: shapeDetail},
+		{name: "/nodes/remove body over --max-body", path: "/nodes/remove", body: `{"url":"` + strings.Repeat("h", malformedMaxBody) + `"}`, code: 413, shape: shapeDetail},
 		// Wrong methods and paths.
 		{name: "GET on chat", method: http.MethodGet, contentType: "-", code: 405, shape: shapeOpenAI},
 		{name: "PUT on completions", method: http.MethodPut, path: "/v1/completions", body: good, code: 405, shape: shapeOpenAI},

@@ -122,7 +122,7 @@ func normalizeURL(raw string) (string, error) {
 // handleNodesAdd answers POST /nodes/add: probe GET <url>/v1/models, then add or replace the
 // replica. 502 unreachable or no model; 400 a declared model the replica does not serve; 200.
 func (s *Server) handleNodesAdd(w http.ResponseWriter, r *http.Request) {
-	body, err := readAdminBody(r)
+	body, err := s.readAdminBody(w, r)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -207,25 +207,26 @@ func (s *Server) probeModels(ctx context.Context, base string) (map[string]bool,
 	return served, nil
 }
 
-// readAdminBody reads the JSON body of an admin request, held to the Content-Type rule of /v1/*.
-func readAdminBody(r *http.Request) ([]byte, error) {
+// maxAdminBody caps admin bodies below --max-body: a registration is a few hundred bytes, and the
+// admin routes need not take the megabytes an inference request may carry.
+const maxAdminBody = 1 << 20
+
+// readAdminBody reads the JSON body of an admin request, held to the Content-Type rule of /v1/* and
+// to the smaller of --max-body and maxAdminBody.
+func (s *Server) readAdminBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
 		return nil, err
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err != nil {
-		return nil, errorf(http.StatusBadRequest, "cannot read body: "+err.Error())
-	}
-	return body, nil
+	return readBodyUpTo(w, r, min(s.cfg.MaxBody, maxAdminBody))
 }
 
 // nodeURL reads the replica URL of /nodes/remove and /nodes/terminate: ?node_url= or {"url": ...}.
 // The query form reads no body, so its Content-Type does not matter.
-func nodeURL(r *http.Request) (string, error) {
+func (s *Server) nodeURL(w http.ResponseWriter, r *http.Request) (string, error) {
 	if q := r.URL.Query().Get("node_url"); q != "" {
 		return normalizeURL(q)
 	}
-	body, err := readAdminBody(r)
+	body, err := s.readAdminBody(w, r)
 	if err != nil {
 		return "", err
 	}
@@ -240,7 +241,7 @@ func nodeURL(r *http.Request) (string, error) {
 
 // handleNodesRemove answers POST /nodes/remove: 404 unknown, 200 removed.
 func (s *Server) handleNodesRemove(w http.ResponseWriter, r *http.Request) {
-	u, err := nodeURL(r)
+	u, err := s.nodeURL(w, r)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -259,7 +260,7 @@ func (s *Server) handleNodesRemove(w http.ResponseWriter, r *http.Request) {
 // handleNodesTerminate answers POST /nodes/terminate: GET <url>/terminate, then remove. 404 unknown;
 // 502 the replica refused (it stays registered); 200.
 func (s *Server) handleNodesTerminate(w http.ResponseWriter, r *http.Request) {
-	u, err := nodeURL(r)
+	u, err := s.nodeURL(w, r)
 	if err != nil {
 		writeError(w, r, err)
 		return

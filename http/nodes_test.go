@@ -3,10 +3,12 @@ package http_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	lmhttp "github.com/lmproxy/lmproxy/http"
 	"github.com/lmproxy/lmproxy/messages"
 	"github.com/lmproxy/lmproxy/proxytest"
 )
@@ -153,6 +155,44 @@ func TestNodesWrongContentTypeIs415(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%s", b)
 	require.True(t, rep.Terminated())
 	require.Empty(t, p.Status(t))
+}
+
+// Bug: admin bodies were cut at 1 MiB whatever --max-body said, so a longer one failed as a 400
+// "unexpected end of JSON input". They are held to the smaller of --max-body and 1 MiB, and a larger
+// one gets 413 naming the limit.
+func TestNodesBodyOverTheLimitIs413(t *testing.T) {
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	// padded is a body of exactly n bytes that names rep.
+	padded := func(n int) []byte {
+		prefix, suffix := `{"url": "`+rep.URL+`", "pad": "`, `"}`
+		return []byte(prefix + strings.Repeat("x", n-len(prefix)-len(suffix)) + suffix)
+	}
+	cases := []struct {
+		name    string
+		maxBody int64
+		limit   int
+		shown   string
+	}{
+		{"--max-body below 1 MiB", 1 << 10, 1 << 10, "1KiB"},
+		{"the default --max-body", 0, 1 << 20, "1MiB"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := proxytest.StartProxy(t, proxytest.ProxyConfig{HTTP: lmhttp.Config{MaxBody: c.maxBody}})
+			for _, path := range []string{"/nodes/add", "/nodes/remove", "/nodes/terminate"} {
+				code, _, b := postJSON(t, p.URL+path, padded(c.limit+1))
+				require.Equal(t, http.StatusRequestEntityTooLarge, code, "%s: %s", path, b)
+				require.Contains(t, decode(t, b)["detail"], "larger than the limit of "+c.shown)
+			}
+			require.Empty(t, p.Status(t))
+			require.False(t, rep.Terminated())
+
+			code, _, b := postJSON(t, p.URL+"/nodes/add", padded(c.limit))
+			require.Equal(t, http.StatusOK, code, "a body of the limit is taken: %s", b)
+			code, _, b = postJSON(t, p.URL+"/nodes/remove", padded(c.limit))
+			require.Equal(t, http.StatusOK, code, "%s", b)
+		})
+	}
 }
 
 func TestNodesTerminateAll(t *testing.T) {

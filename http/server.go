@@ -25,7 +25,7 @@ import (
 type Config struct {
 	APIKeys         []string      // guard /v1/*
 	AdminKeys       []string      // guard /nodes/* and /distserve/*
-	MaxBody         int64         // larger request bodies get 413; default 64 MiB
+	MaxBody         int64         // larger request bodies get 413 (admin bodies: at most 1 MiB); default 64 MiB
 	UpstreamTimeout time.Duration // total time of one upstream request; 0 = none
 	MaxConns        int           // upstream connections in all; 0 = no limit
 	MaxConnsPerHost int           // upstream connections per replica; 0 = no limit

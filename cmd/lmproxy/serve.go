@@ -90,8 +90,8 @@ func newServeOptions() (*serveOptions, *flagSet) {
 		env("AIOHTTP_LIMIT", false)
 	s.add(intValue{&o.maxConnsPerHost, 0, math.MaxInt}, "max-conns-per-host", "N", "upstream connections per replica; 0 means no limit").
 		env("AIOHTTP_LIMIT_PER_HOST", false)
-	s.add(sizeValue{&o.maxBody}, "max-body", "SIZE", "larger request bodies get 413; bytes (1048576) or with a unit:\n"+
-		"KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000)")
+	s.add(sizeValue{&o.maxBody}, "max-body", "SIZE", "larger request bodies get 413 (admin bodies: at most 1MiB); bytes (1048576)\n"+
+		"or with a unit: KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000)")
 	s.add(enumValue{p: &o.migrationProtocol, choices: []string{"TCP", "RDMA", "NVLINK"}}, "migration-protocol", "NAME",
 		"TCP, RDMA or NVLINK: how DistServe moves the KV cache")
 	s.add(enumValue{p: &o.linkType, choices: []string{"RoCE", "IB"}}, "link-type", "NAME", "RoCE or IB: DistServe's RDMA link")
