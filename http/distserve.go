@@ -63,15 +63,14 @@ func (s *Server) registerDistServeRoutes() {
 	s.router.HandleFunc("/distserve/gc", s.handleDistServeGC).Methods(http.MethodPost)
 }
 
-// errDistServeOff answers the /distserve/* routes of a proxy that serves Hybrid.
-var errDistServeOff = errorf(http.StatusNotFound, "DistServe is off: start the proxy with --serving-strategy DistServe")
-
 // handleDistServeWarmup answers POST /distserve/connection_warmup: it connects every pair of a
 // routable Prefill and a routable Decode replica, all at once. 200 {"SUCCESS": true}, or 502 naming
 // the pairs that failed.
 func (s *Server) handleDistServeWarmup(w http.ResponseWriter, r *http.Request) {
 	if s.ds == nil {
-		writeError(w, r, errDistServeOff)
+		// Under Hybrid there is no pair to connect. LMDeploy's proxy answers success then too, and
+		// scripts call warmup whatever the serving strategy.
+		writeJSON(w, http.StatusOK, map[string]bool{"SUCCESS": true})
 		return
 	}
 	replicas, err := s.reg.Status(r.Context(), false)
@@ -119,14 +118,15 @@ func (s *Server) handleDistServeWarmup(w http.ResponseWriter, r *http.Request) {
 // migrations whose Decode replica left before their answer ended. 200 {"freed": N, "failed": [...]};
 // the failed ones are forgotten too: a second gc does not try them again.
 func (s *Server) handleDistServeGC(w http.ResponseWriter, r *http.Request) {
-	if s.ds == nil {
-		writeError(w, r, errDistServeOff)
-		return
-	}
-	res, err := s.ds.links.CollectGarbage(r.Context())
-	if err != nil {
-		writeError(w, r, errorf(http.StatusServiceUnavailable, err.Error()))
-		return
+	// Under Hybrid nothing migrates and nothing is left to free: the empty result, as warmup
+	// answers success there.
+	var res messages.GarbageCollected
+	if s.ds != nil {
+		var err error
+		if res, err = s.ds.links.CollectGarbage(r.Context()); err != nil {
+			writeError(w, r, errorf(http.StatusServiceUnavailable, err.Error()))
+			return
+		}
 	}
 	failed := res.Failed
 	if failed == nil {

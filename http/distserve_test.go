@@ -344,6 +344,24 @@ func TestDistServeWarmup(t *testing.T) {
 	}
 }
 
+// Bug: under Hybrid, warmup and gc answered 404 "DistServe is off", failing the scripts that call
+// warmup whatever the serving strategy (LMDeploy's proxy answers success). Both answer 200 and ask no
+// replica anything, even Prefill and Decode ones.
+func TestDistServeRoutesUnderHybridSucceedAndDoNothing(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	pre := proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Prefill"})
+	dec := proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Decode"})
+	p.MustAdd(t, pre, dec)
+	code, _, b := do(t, http.MethodPost, p.URL+"/distserve/connection_warmup", "", nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	require.JSONEq(t, `{"SUCCESS": true}`, string(b))
+	code, _, b = do(t, http.MethodPost, p.URL+"/distserve/gc", "", nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	require.JSONEq(t, `{"freed": 0, "failed": []}`, string(b))
+	require.Empty(t, asked(pre))
+	require.Empty(t, asked(dec))
+}
+
 // openStream starts a stream request and returns once its first event arrived; cancel leaves.
 func openStream(t *testing.T, url, body string) (cancel func(), done <-chan struct{}) {
 	t.Helper()
