@@ -65,6 +65,9 @@ func TestReplicaBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"--tokens", "0"},
 		{"--speed", "-1"},
 		{"--ttft", "fast"},
+		{"--health", "dead"},
+		{"--error-status", "200"},
+		{"--cut-after", "-2"},
 	} {
 		var stdout, stderr bytes.Buffer
 		require.Equal(t, 2, runReplica(ctx, args, &stdout, &stderr), stderr.String())

@@ -27,14 +27,20 @@ type replicaOptions struct {
 	tokens   int
 	adminKey string
 	log      logOptions
+	// The faults at start (proxytest.Fault) and the first /health status.
+	errorStatus int
+	cutAfter    int
+	hang        bool
+	health      string
 }
 
 // newReplicaOptions returns the defaults and the flag set that fills them in.
 func newReplicaOptions() (*replicaOptions, *flagSet) {
 	// Port 23333 is LMDeploy api_server's, so scripts written for it find the replica.
-	o := &replicaOptions{host: "127.0.0.1", port: 23333, models: []string{"sim-model"}, role: "Hybrid", tokens: 16}
+	o := &replicaOptions{host: "127.0.0.1", port: 23333, models: []string{"sim-model"}, role: "Hybrid", tokens: 16,
+		health: "healthy"}
 	s := newFlagSet("lmproxy replica", "Runs a simulated LMDeploy api_server: /v1/models, /health, chat and completions\n"+
-		"(JSON and SSE), /terminate and /distserve/*, with tunable timing.")
+		"(JSON and SSE), /terminate and /distserve/*, with tunable timing and faults.")
 	s.add(stringValue{p: &o.host}, "host", "HOST", "listen address").alias("server-name")
 	s.add(intValue{&o.port, 0, 65535}, "port", "PORT", "listen port; 0 picks a free one").alias("server-port")
 	s.add(&listValue{p: &o.models}, "model", "NAMES", "models served; comma-separated, may be repeated")
@@ -46,9 +52,20 @@ func newReplicaOptions() (*replicaOptions, *flagSet) {
 	s.add(durationValue{p: &o.itl}, "itl", "DURATION", "delay between two tokens")
 	s.add(intValue{&o.tokens, 1, math.MaxInt}, "tokens", "N", "tokens per answer")
 	s.add(stringValue{p: &o.adminKey}, "admin-key", "KEY", "Bearer key for the proxy's /nodes/* (its --admin-keys)")
+	s.add(enumValue{p: &o.health, choices: healthStatuses}, "health", "STATUS", "what GET /health answers: healthy, sleeping (200),\n"+
+		"initializing, unhealthy (503); empty, error, hang: a broken server")
+	s.add(statusValue{&o.errorStatus}, "error-status", "STATUS", "answer every POST /v1/* with this status (400-599)\n"+
+		"and an LMDeploy error body; 0: no error")
+	s.add(intValue{&o.cutAfter, -1, math.MaxInt}, "cut-after", "N", "break streams after N SSE events, other answers before\n"+
+		"any byte; -1: every answer before any byte; 0: no cut")
+	s.add(boolValue{&o.hang}, "hang", "", "never answer a POST /v1/* (until the client leaves);\n"+
+		"--hang wins over --error-status, which wins over --cut-after")
 	o.log.register(s)
 	return o, s
 }
+
+// healthStatuses are the words proxytest.Replica.SetHealth knows.
+var healthStatuses = []string{"healthy", "sleeping", "initializing", "unhealthy", "empty", "error", "hang"}
 
 // runReplica is `lmproxy replica`: it serves until ctx ends, then leaves the proxy and stops.
 func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -61,6 +78,8 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		Host: o.host, Port: o.port, Models: o.models, Role: o.role, Speed: o.speed, TTFT: o.ttft, ITL: o.itl,
 		Tokens: o.tokens, ProxyURL: o.proxyURL, AdminKey: o.adminKey, Logger: log,
 	})
+	r.SetHealth(o.health)
+	r.SetFault(proxytest.Fault{Status: o.errorStatus, CutAfter: o.cutAfter, Hang: o.hang})
 	if err := r.Start(); err != nil {
 		log.WithError(err).Error("cannot start the replica")
 		return 1

@@ -66,6 +66,20 @@ func (v intValue) Set(s string) error {
 	return nil
 }
 
+// statusValue is an HTTP error status, 400-599, or 0 for none.
+type statusValue struct{ p *int }
+
+func (v statusValue) String() string { return strconv.Itoa(*v.p) }
+
+func (v statusValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n != 0 && (n < 400 || n > 599) {
+		return errors.New("want an HTTP error status 400-599, or 0 for none")
+	}
+	*v.p = n
+	return nil
+}
+
 // floatValue is a number >= 0.
 type floatValue struct{ p *float64 }
 
