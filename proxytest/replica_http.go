@@ -35,6 +35,11 @@ func (r *Replica) routeTable() map[string]route {
 		"/distserve/p2p_connect":      {http.MethodPost, r.handleP2PConnect},
 		"/distserve/p2p_drop_connect": {http.MethodPost, r.handleP2PDropConnect},
 		"/distserve/free_cache":       {http.MethodPost, r.handleFreeCache},
+		// The control API (replica_sim.go).
+		"/sim/health":   {http.MethodPost, r.handleSimHealth},
+		"/sim/fault":    {http.MethodPost, r.handleSimFault},
+		"/sim/received": {http.MethodGet, r.handleSimReceived},
+		"/sim/stats":    {http.MethodGet, r.handleSimStats},
 	}
 }
 

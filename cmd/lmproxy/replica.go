@@ -40,7 +40,10 @@ func newReplicaOptions() (*replicaOptions, *flagSet) {
 	o := &replicaOptions{host: "127.0.0.1", port: 23333, models: []string{"sim-model"}, role: "Hybrid", tokens: 16,
 		health: "healthy"}
 	s := newFlagSet("lmproxy replica", "Runs a simulated LMDeploy api_server: /v1/models, /health, chat and completions\n"+
-		"(JSON and SSE), /terminate and /distserve/*, with tunable timing and faults.")
+		"(JSON and SSE), /terminate and /distserve/*, with tunable timing and faults.\n"+
+		"At run time, POST /sim/health and POST /sim/fault switch /health's status and the\n"+
+		"fault; GET /sim/received and GET /sim/stats show what it received and what its\n"+
+		"clients cancelled.")
 	s.add(stringValue{p: &o.host}, "host", "HOST", "listen address").alias("server-name")
 	s.add(intValue{&o.port, 0, 65535}, "port", "PORT", "listen port; 0 picks a free one").alias("server-port")
 	s.add(&listValue{p: &o.models}, "model", "NAMES", "models served; comma-separated, may be repeated")

@@ -123,3 +123,12 @@ func TestReplicaHealthFlagAndEnv(t *testing.T) {
 	_, url = startReplica(t)
 	requireHealth(t, url, 503, "initializing")
 }
+
+func TestReplicaControlAPISwitchesHealth(t *testing.T) {
+	_, url := startReplica(t)
+	resp, err := newClient(t).Post(url+"/sim/health", "application/json", strings.NewReader(`{"status":"sleeping"}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	requireHealth(t, url, 200, "sleeping")
+}
