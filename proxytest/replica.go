@@ -38,6 +38,11 @@ type ReplicaConfig struct {
 	// MaxRecorded bounds what Received keeps (the most recent requests), so
 	// long demos and load simulations do not grow without end; 0 keeps all.
 	MaxRecorded int
+	// OnTerminate, when set, is called each time GET /terminate is answered 200, on that
+	// request's goroutine before its answer is sent. It should only signal (cancel a context):
+	// Close waits for that answer. `lmproxy replica` exits through it, as LMDeploy's api_server
+	// does; without it the replica keeps serving.
+	OnTerminate func()
 }
 
 // Fault makes the inference endpoints (every POST /v1/*) misbehave.

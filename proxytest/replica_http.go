@@ -133,8 +133,8 @@ func (r *Replica) handleHealth(w http.ResponseWriter, req *http.Request, _ []byt
 }
 
 // handleTerminate answers like LMDeploy's /terminate: 200 with no body, or
-// an error body when terminating is refused. The listener keeps running:
-// tests own the replica's lifetime.
+// an error body when terminating is refused. The listener keeps running
+// unless OnTerminate ends it: tests own the replica's lifetime.
 func (r *Replica) handleTerminate(w http.ResponseWriter, _ *http.Request, _ []byte) {
 	r.mu.Lock()
 	status := r.terminateStatus
@@ -142,6 +142,9 @@ func (r *Replica) handleTerminate(w http.ResponseWriter, _ *http.Request, _ []by
 	if status == http.StatusOK {
 		r.terminated.Store(true)
 		w.WriteHeader(http.StatusOK)
+		if r.cfg.OnTerminate != nil {
+			r.cfg.OnTerminate()
+		}
 		return
 	}
 	writeError(w, status, "The server can not be terminated. Please add --allow-terminate-by-client when start the server.")

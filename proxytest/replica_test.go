@@ -453,6 +453,21 @@ func TestReplicaTerminate(t *testing.T) {
 	require.Equal(t, 200, mustGet(t, c, r.URL+"/health").StatusCode)
 }
 
+func TestReplicaOnTerminateOnlyWhenAnswered200(t *testing.T) {
+	calls := make(chan struct{}, 2)
+	r := StartReplica(t, ReplicaConfig{OnTerminate: func() { calls <- struct{}{} }})
+	c := newClient(t)
+
+	// The hook runs before the answer is sent, so once the answer is in, it ran or never will.
+	r.SetTerminateStatus(400)
+	require.Equal(t, 400, mustGet(t, c, r.URL+"/terminate").StatusCode)
+	require.Empty(t, calls, "a refused terminate must not call OnTerminate")
+
+	r.SetTerminateStatus(200)
+	require.Equal(t, 200, mustGet(t, c, r.URL+"/terminate").StatusCode)
+	require.Len(t, calls, 1)
+}
+
 func TestReplicaStartErrors(t *testing.T) {
 	require.Error(t, NewReplica(ReplicaConfig{Role: "Leader"}).Start())
 	r := StartReplica(t, ReplicaConfig{Role: "decode"})

@@ -132,3 +132,44 @@ func TestReplicaControlAPISwitchesHealth(t *testing.T) {
 	require.Equal(t, 200, resp.StatusCode)
 	requireHealth(t, url, 200, "sleeping")
 }
+
+// exited waits for the command to end by itself and returns its exit status.
+func (s *started) exited(t *testing.T) int {
+	t.Helper()
+	select {
+	case code := <-s.code:
+		s.code <- code // stop, in the cleanup, reads it again
+		return code
+	case <-time.After(10 * time.Second):
+		t.Fatal("command did not exit within 10s")
+		return -1
+	}
+}
+
+func TestReplicaExitsAfterTerminateAndLeavesTheProxy(t *testing.T) {
+	_, proxy := startServe(t)
+	r, replica := startReplica(t, "--proxy-url", proxy)
+	waitRegistered(t, proxy, replica)
+
+	resp, err := newClient(t).Get(replica + "/terminate")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, 0, r.exited(t))
+	r.stderr.waitFor(t, "GET /terminate: shutting down")
+	status, err := nodesStatus(newClient(t), proxy)
+	require.NoError(t, err)
+	require.NotContains(t, status, replica)
+}
+
+func TestReplicaExitsOnTheProxysNodesTerminate(t *testing.T) {
+	_, proxy := startServe(t)
+	r, replica := startReplica(t, "--proxy-url", proxy)
+	waitRegistered(t, proxy, replica)
+
+	resp, err := newClient(t).Post(proxy+"/nodes/terminate", "application/json", strings.NewReader(`{"url":"`+replica+`"}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, 0, r.exited(t))
+}
