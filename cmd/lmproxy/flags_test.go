@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,9 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"bad env value", nil, map[string]string{"LMPROXY_PORT": "abc"}, "$LMPROXY_PORT for --port"},
 		{"bad LMDeploy env value", nil, map[string]string{"LMDEPLOY_HEALTH_CHECK_TIMEOUT": "soon"}, "--health-timeout"},
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
+		{"host that does not resolve", []string{"--host", "999.1.1.1"}, nil, `invalid value "999.1.1.1" for --host`},
+		{"alias host that does not resolve", []string{"--server-name", "999.1.1.1"}, nil, "--server-name"},
+		{"env host that does not resolve", nil, map[string]string{"LMPROXY_HOST": "999.1.1.1"}, "$LMPROXY_HOST for --host"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range tc.env {
@@ -54,6 +58,40 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 			require.Empty(t, stdout.String())
 		})
 	}
+}
+
+// An address no interface of this machine has fails only when the proxy listens; nothing listened
+// before, so it is still the flag's error.
+func TestServeHostNotOfThisMachineExits2NamingTheFlag(t *testing.T) {
+	const host = "192.0.2.1" // TEST-NET-1 (RFC 5737): documentation only, on no real interface
+	if ln, err := net.Listen("tcp", net.JoinHostPort(host, "0")); err == nil {
+		ln.Close()
+		t.Skip("this machine binds addresses it does not have (net.ipv4.ip_nonlocal_bind)")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		args []string
+		env  string
+	}{
+		{args: []string{"--host", host}},
+		{args: []string{"--server-name", host}},
+		{env: host},
+	} {
+		t.Setenv("LMPROXY_HOST", tc.env)
+		var stdout, stderr bytes.Buffer
+		require.Equal(t, 2, runServe(ctx, append(tc.args, "--port", "0"), &stdout, &stderr), stderr.String())
+		requireOneLine(t, stderr.String(), `lmproxy serve: invalid value "192.0.2.1" for --host: not an address of this machine`)
+		require.Empty(t, stdout.String())
+	}
+}
+
+func TestServeHostTakesAnAddressANameOrNothing(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1", "localhost", ""} {
+		require.Equal(t, host, parseServe(t, "--host", host).host)
+	}
+	t.Setenv("LMPROXY_HOST", "localhost")
+	require.Equal(t, "localhost", parseServe(t).host)
 }
 
 func TestReplicaBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {

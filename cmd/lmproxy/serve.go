@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -61,7 +63,9 @@ func newServeOptions() (*serveOptions, *flagSet) {
 	}
 	s := newFlagSet("lmproxy serve", "Runs the proxy: an OpenAI-compatible request distributor in front of\n"+
 		"LMDeploy api_server replicas, a drop-in replacement for `lmdeploy serve proxy`.")
-	s.add(stringValue{p: &o.host}, "host", "HOST", "listen address").alias("server-name")
+	s.add(stringValue{p: &o.host, check: checkHost}, "host", "HOST",
+		"listen address: an IP address of this machine or a name that resolves to one;\nempty means every interface").
+		alias("server-name")
 	s.add(intValue{&o.port, 0, 65535}, "port", "PORT", "listen port; 0 picks a free one").alias("server-port")
 	s.add(enumValue{p: &o.servingStrategy, choices: []string{"Hybrid", "DistServe"}}, "serving-strategy", "NAME",
 		"Hybrid (one replica serves a request) or DistServe\n(prefill on a Prefill replica, then decode on a Decode replica)")
@@ -117,7 +121,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer batch.Close()
 	log := o.log.logger(batch.Direct())
 	defer routeSlog(log)()
-	return o.serve(ctx, log, o.log.logger(batch), tlsCfg)
+	p, err := o.start(log, o.log.logger(batch), tlsCfg)
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		// The proxy's listener is the first thing that binds, so nothing listened yet: an address
+		// that is not this machine's is still a bad flag (SPEC §3), not an operational failure.
+		err = fmt.Errorf("invalid value %q for --host: not an address of this machine: %w", o.host, err)
+		return s.exit(err, stdout, stderr)
+	}
+	if err != nil {
+		log.WithError(err).Error("cannot listen on " + o.addr())
+		return 1
+	}
+	return o.serve(ctx, p, log, tlsCfg)
 }
 
 // accessLogInterval is how long an access line may wait to go out with others.
@@ -165,25 +180,31 @@ func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config) (lmht
 	return hc, ac
 }
 
-// serve runs the proxy until ctx ends and returns the exit status.
-func (o *serveOptions) serve(ctx context.Context, log, access *logrus.Logger, tlsCfg *tls.Config) int {
+// addr is the address to listen on.
+func (o *serveOptions) addr() string { return net.JoinHostPort(o.host, strconv.Itoa(o.port)) }
+
+// persistedTo is where the registry is kept; "" when --disable-cache-status turns that off.
+func (o *serveOptions) persistedTo() string {
+	if o.disableCacheStatus {
+		return ""
+	}
+	return o.stateFile
+}
+
+// start builds the proxy and listens; access receives the access log.
+func (o *serveOptions) start(log, access *logrus.Logger, tlsCfg *tls.Config) (*lmproxy.Proxy, error) {
 	hc, ac := o.configs(log, tlsCfg)
 	hc.AccessLog = access
-	stateFile := o.stateFile
-	if o.disableCacheStatus {
-		stateFile = ""
-	}
-	addr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
-	p, err := lmproxy.Start(lmproxy.Config{Addr: addr, StateFile: stateFile, HTTP: hc, Actors: ac, Log: log})
-	if err != nil {
-		log.WithError(err).Error("cannot listen on " + addr)
-		return 1
-	}
+	return lmproxy.Start(lmproxy.Config{Addr: o.addr(), StateFile: o.persistedTo(), HTTP: hc, Actors: ac, Log: log})
+}
+
+// serve runs the started proxy until ctx ends, shuts it down and returns the exit status.
+func (o *serveOptions) serve(ctx context.Context, p *lmproxy.Proxy, log *logrus.Logger, tlsCfg *tls.Config) int {
 	scheme := "http"
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	log.WithFields(logrus.Fields{"url": scheme + "://" + p.Server.Addr().String(), "state_file": stateFile}).Info("listening")
+	log.WithFields(logrus.Fields{"url": scheme + "://" + p.Server.Addr().String(), "state_file": o.persistedTo()}).Info("listening")
 	waitNodes := registerNodes(ctx, p.Server, o.nodes, log)
 
 	<-ctx.Done()

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -227,6 +229,26 @@ func checkURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("%q is not a URL like http://host:port", s)
+	}
+	return nil
+}
+
+// hostLookupTimeout bounds the look-up of a listen host's name: a resolver that does not answer
+// should stop the start with the flag's error, not hold it up.
+const hostLookupTimeout = 3 * time.Second
+
+// checkHost accepts a listen host: empty (every interface), an IP address, or a name that resolves.
+// The name is looked up now, so that one that does not resolve is reported as a bad flag before
+// anything starts rather than as a failure to listen. LookupHost answers an IP address without
+// asking DNS.
+func checkHost(s string) error {
+	if s == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hostLookupTimeout)
+	defer cancel()
+	if _, err := net.DefaultResolver.LookupHost(ctx, s); err != nil {
+		return fmt.Errorf("want an IP address or a host name that resolves: %w", err)
 	}
 	return nil
 }
