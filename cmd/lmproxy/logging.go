@@ -18,6 +18,11 @@ var logLevels = map[string]logrus.Level{
 	"ERROR":   logrus.ErrorLevel,
 }
 
+// levelAliases are the other words of `lmdeploy serve proxy --log-level` (Python's logging names),
+// upper case. The proxy logs nothing above ERROR, so CRITICAL and FATAL keep its errors instead of
+// silencing it; Python's NOTSET logs everything.
+var levelAliases = map[string]string{"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR", "NOTSET": "DEBUG"}
+
 // logOptions are --log-level and --log-format, shared by the commands that log.
 type logOptions struct {
 	level, format string
@@ -25,9 +30,9 @@ type logOptions struct {
 
 func (o *logOptions) register(s *flagSet) {
 	o.level, o.format = "INFO", "text"
-	s.add(enumValue{p: &o.level, choices: []string{"DEBUG", "INFO", "WARNING", "ERROR"},
-		aliases: map[string]string{"WARN": "WARNING"}},
-		"log-level", "LEVEL", "DEBUG, INFO, WARNING (or WARN) or ERROR, in any case")
+	s.add(enumValue{p: &o.level, choices: []string{"DEBUG", "INFO", "WARNING", "ERROR"}, aliases: levelAliases},
+		"log-level", "LEVEL", "DEBUG, INFO, WARNING or ERROR, in any case; LMDeploy's WARN (= WARNING),\n"+
+			"CRITICAL and FATAL (= ERROR) and NOTSET (= DEBUG) too")
 	s.add(enumValue{p: &o.format, choices: []string{"text", "json"}},
 		"log-format", "FORMAT", "text (key=value) or json (one object a line)")
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -27,9 +31,34 @@ func TestSlogGoesThroughLogrusAtItsLevel(t *testing.T) {
 	require.EqualValues(t, 2, entry["g.n"])
 }
 
-// hollywood logs through slog.Default: with --log-level DEBUG its lines reach the command's log.
+// hollywood logs through slog.Default: with --log-level DEBUG (or NOTSET, Python's "everything")
+// its lines reach the command's log.
 func TestServeLogsHollywoodInItsFormat(t *testing.T) {
-	s, _ := startServe(t, "--log-level", "debug")
-	line := s.stderr.waitFor(t, "Actor started")
-	require.Contains(t, line, `"level":"debug"`)
+	for _, level := range []string{"debug", "notset"} {
+		s, _ := startServe(t, "--log-level", level)
+		line := s.stderr.waitFor(t, "Actor started")
+		require.Contains(t, line, `"level":"debug"`, level)
+		require.Equal(t, 0, s.stop(t))
+	}
+}
+
+// LMDeploy's --log-level takes Python's names, and users switching from it pass them.
+func TestLogLevelTakesLMDeploysWords(t *testing.T) {
+	for in, want := range map[string]string{"WARN": "WARNING", "critical": "ERROR", "Fatal": "ERROR", "NOTSET": "DEBUG"} {
+		require.Equal(t, want, parseServe(t, "--log-level", in).log.level, in)
+	}
+}
+
+// CRITICAL and FATAL are above anything the proxy logs: its errors still show.
+func TestServeLogLevelCriticalKeepsErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	for _, level := range []string{"CRITICAL", "fatal"} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"--host", "127.0.0.1", "--port", port, "--log-level", level}
+		require.Equal(t, 1, runServe(context.Background(), args, &stdout, &stderr), stderr.String())
+		requireOneLine(t, stderr.String(), "cannot listen")
+	}
 }
