@@ -37,6 +37,7 @@ type flagDef struct {
 	aliases []string
 	envs    []envVar // LMDeploy's variables, read after $LMPROXY_<FLAG>
 	given   bool     // set on the command line, under any spelling
+	spaced  bool     // several values may follow it, as LMDeploy's nargs='+' takes them
 }
 
 // envVar is an environment variable of LMDeploy's (or aiohttp's) that also feeds a flag.
@@ -75,6 +76,56 @@ func (d *flagDef) env(name string, seconds bool) *flagDef {
 	return d
 }
 
+// spacedValues lets the flag take several space-separated values (--api-keys k1 k2), as LMDeploy's
+// flags with nargs='+' do, besides its own comma-separated form.
+func (d *flagDef) spacedValues() *flagDef {
+	d.spaced = true
+	return d
+}
+
+// joinSpaced rewrites "--name v1 v2" for a spaced flag as "--name=v1,v2", so that the flag package,
+// which stops at the first argument that is not a flag, reads every value.
+func (s *flagSet) joinSpaced(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		name := strings.TrimLeft(args[i], "-")
+		d := s.spacedFlag(name)
+		if d == nil || args[i] == name || args[i] == "--" || strings.Contains(name, "=") {
+			out = append(out, args[i])
+			continue
+		}
+		j := i + 1
+		for j < len(args) && !strings.HasPrefix(args[j], "-") {
+			j++
+		}
+		if j == i+1 {
+			out = append(out, args[i]) // no value: the flag package says so
+			continue
+		}
+		out = append(out, "--"+name+"="+strings.Join(args[i+1:j], ","))
+		i = j - 1
+	}
+	return out
+}
+
+// spacedFlag returns the spaced flag spelt name, or nil.
+func (s *flagSet) spacedFlag(name string) *flagDef {
+	for _, d := range s.flags {
+		if !d.spaced {
+			continue
+		}
+		if d.name == name {
+			return d
+		}
+		for _, a := range d.aliases {
+			if a == name {
+				return d
+			}
+		}
+	}
+	return nil
+}
+
 // setter is what the flag package holds for each spelling: it records which flag was given and
 // words a failed value for the user, naming the flag as it was typed.
 type setter struct {
@@ -102,7 +153,7 @@ func (v setter) IsBoolFlag() bool {
 // parse reads args, then the environment for each flag the command line left out. It returns
 // flag.ErrHelp for -h/--help and otherwise an error worded as one line.
 func (s *flagSet) parse(args []string) error {
-	if err := s.fs.Parse(args); err != nil {
+	if err := s.fs.Parse(s.joinSpaced(args)); err != nil {
 		if s.err != nil {
 			return s.err
 		}

@@ -196,6 +196,20 @@ func TestListFlagsSplitAndRepeat(t *testing.T) {
 	require.Equal(t, []string{"a", "b", "c"}, r.models, "the first value replaces the default")
 }
 
+// LMDeploy's proxy takes its API keys space-separated (nargs='+'): a command line written for it
+// keeps working, and a positional argument anywhere else is still refused.
+func TestAPIKeysSpaceSeparatedAsLMDeployTakesThem(t *testing.T) {
+	o := parseServe(t, "--api-keys", "k1", "k2", "--port", "8080", "-api-keys", "k3")
+	require.Equal(t, []string{"k1", "k2", "k3"}, o.apiKeys)
+	require.Equal(t, 8080, o.port)
+
+	_, s := newServeOptions()
+	require.ErrorContains(t, s.parse([]string{"--port", "8080", "k1"}), `unexpected argument "k1"`)
+	_, s = newServeOptions()
+	require.ErrorContains(t, s.parse([]string{"--api-keys=k1", "k2"}), `unexpected argument "k2"`,
+		"only the spaced form takes several values, as argparse's does")
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{
 		"1024": 1024, "1KiB": 1 << 10, "64MiB": 64 << 20, "1GiB": 1 << 30, "2TiB": 2 << 40,

@@ -71,7 +71,8 @@ func newServeOptions() (*serveOptions, *flagSet) {
 		"Hybrid (one replica serves a request) or DistServe\n(prefill on a Prefill replica, then decode on a Decode replica)")
 	s.add(enumValue{p: &o.routingStrategy, choices: routing.Names()}, "routing-strategy", "NAME",
 		strings.Join(routing.Names(), ", ")+":\nhow a replica is chosen among those that serve the model")
-	s.add(&listValue{p: &o.apiKeys}, "api-keys", "KEYS", "comma-separated keys; when set, /v1/* needs Authorization: Bearer <key>")
+	s.add(&listValue{p: &o.apiKeys}, "api-keys", "KEYS", "comma-separated (or, as with LMDeploy, space-separated) keys;\n"+
+		"when set, /v1/* needs Authorization: Bearer <key>").spacedValues()
 	s.add(&listValue{p: &o.adminKeys}, "admin-keys", "KEYS", "comma-separated keys; when set, /nodes/* and /distserve/* need one")
 	s.add(boolValue{&o.ssl}, "ssl", "", "serve HTTPS with the key and certificate in $SSL_KEYFILE and $SSL_CERTFILE,\n"+
 		"or in --tls-key and --tls-cert")
