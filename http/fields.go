@@ -72,8 +72,8 @@ func parseFields(body []byte) (requestFields, error) {
 
 // topFields returns the top-level fields model, stream and n of a valid JSON object in one pass
 // over it. Of a key given twice the last counts, as for the replica's own parser (Python's json,
-// Go's encoding/json): the request goes where its model says for whoever reads it. The body is read in place, not copied as
-// gjson.GetManyBytes would: the results' strings may point into it.
+// Go's encoding/json): the request goes where its model says for whoever reads it. The body is
+// read in place, not copied as gjson.GetManyBytes would: the results' strings may point into it.
 func topFields(body []byte) (model, stream, n gjson.Result) {
 	gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body))).ForEach(func(k, v gjson.Result) bool {
 		switch k.Str {

@@ -108,19 +108,11 @@ func (s *flagSet) joinSpaced(args []string) []string {
 	return out
 }
 
-// spacedFlag returns the spaced flag spelt name, or nil.
+// spacedFlag returns the spaced flag spelt name (any of its spellings), or nil.
 func (s *flagSet) spacedFlag(name string) *flagDef {
-	for _, d := range s.flags {
-		if !d.spaced {
-			continue
-		}
-		if d.name == name {
-			return d
-		}
-		for _, a := range d.aliases {
-			if a == name {
-				return d
-			}
+	if f := s.fs.Lookup(name); f != nil {
+		if v, ok := f.Value.(setter); ok && v.d.spaced {
+			return v.d
 		}
 	}
 	return nil

@@ -88,9 +88,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				f.state = stDataCR
 				// A replica may send a chunk's line end only with the next chunk: its data
 				// must not wait for it.
-				if !f.tail.inLine() {
-					f.safe, f.safeTail, f.safeOpen = i+1, f.tail, true
-				}
+				f.markSafe(i+1, true)
 			}
 		case stDataCR:
 			if b != '\r' {
@@ -102,9 +100,7 @@ func (f *Framing) Scan(p []byte) (int, error) {
 				return i, ErrFraming
 			}
 			f.state = stSize
-			if !f.tail.inLine() {
-				f.safe, f.safeTail, f.safeOpen = i+1, f.tail, false
-			}
+			f.markSafe(i+1, false)
 		case stTrailer:
 			switch b {
 			case '\r':
@@ -132,6 +128,14 @@ func (f *Framing) Scan(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// markSafe records end as the last safe point of this Scan (open: before its chunk's line end),
+// unless the data ends inside a line there.
+func (f *Framing) markSafe(end int, open bool) {
+	if !f.tail.inLine() {
+		f.safe, f.safeTail, f.safeOpen = end, f.tail, open
+	}
+}
+
 // Done reports whether the body ended: its last chunk and trailer went through.
 func (f *Framing) Done() bool { return f.state == stDone }
 
@@ -139,8 +143,8 @@ func (f *Framing) Done() bool { return f.state == stDone }
 // written.
 func (f *Framing) AtBoundary() bool { return f.state == stSize }
 
-// Safe returns how many bytes of the last Scan can go to the client now: up to the last chunk end
-// in them, or the end of the last chunk's data (0 when neither), where the data does not end inside
+// Safe returns how many bytes of the last Scan can go to the client now, up to the last chunk end
+// in them or the end of the last chunk's data (0 when neither) where the data does not end inside
 // a line, and where the data stood there (MidLine before a chunk's line end: no chunk can follow
 // yet).
 func (f *Framing) Safe() (int, LineState) {

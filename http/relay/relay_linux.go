@@ -127,8 +127,8 @@ func (s *stream) result() Result {
 }
 
 // forward passes on body bytes just scanned by s.f: whole chunks that end with a whole line (see
-// Framing.Safe), and the rest only when it outgrows maxHeld (or at once, unless the stream holds). It reports false when
-// the client failed.
+// Framing.Safe), and the rest only when it outgrows maxHeld (or at once, unless the stream holds).
+// It reports false when the client failed.
 func (s *stream) forward(p []byte) bool {
 	safe, line := s.f.Safe()
 	if s.f.Done() {
