@@ -61,9 +61,9 @@ type conn struct {
 
 	mu       sync.Mutex
 	state    connState
-	cancel   context.CancelFunc // the running request's
-	gone     bool               // the client hung up
-	served   bool               // it carried a request
+	ctx      *requestContext // the running request's
+	gone     bool            // the client hung up
+	served   bool            // it carried a request
 	accepted time.Time
 
 	cut atomic.Bool // Close cut the connection: no deadline may be set after its own
@@ -178,13 +178,13 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 		c.setReadDeadline(time.Time{})
 		c.headDeadline = false
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := newRequestContext()
 	c.mu.Lock()
-	c.cancel = cancel
+	c.ctx = ctx
 	gone := c.gone
 	c.mu.Unlock()
 	if gone {
-		cancel()
+		ctx.cancel()
 	}
 	req = req.WithContext(ctx)
 	w := &response{c: c, req: req, body: b, header: make(http.Header, 8), clen: -1}
@@ -195,11 +195,11 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	ok := c.serveHandler(w, req)
 
 	c.mu.Lock()
-	c.cancel = nil
+	c.ctx = nil
 	gone = c.gone
 	c.mu.Unlock()
 	aborted := c.cut.Load()
-	cancel()
+	ctx.cancel()
 	if !ok || aborted {
 		w.release()
 		return false
@@ -231,10 +231,10 @@ func (c *conn) serveHandler(w *response, req *http.Request) (ok bool) {
 func (c *conn) hangUp() {
 	c.mu.Lock()
 	c.gone = true
-	cancel := c.cancel
+	ctx := c.ctx
 	c.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if ctx != nil {
+		ctx.cancel()
 	}
 }
 
