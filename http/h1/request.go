@@ -1,6 +1,8 @@
 package h1
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -33,15 +35,19 @@ func (c *conn) readRequest() (*http.Request, *body, error) {
 }
 
 func (c *conn) readHead() (*http.Request, *body, error) {
+	line, h, whole := wholeHead(c.br, c.s.maxHeaderBytes())
 	tp := textproto.Reader{R: c.br}
-	line, err := tp.ReadLine()
-	if err == nil && line == "" {
-		// An empty line before the request line, which some clients send after a POST body, is
-		// ignored (RFC 9112 §2.2).
+	if !whole {
+		var err error
 		line, err = tp.ReadLine()
-	}
-	if err != nil {
-		return nil, nil, err
+		if err == nil && line == "" {
+			// An empty line before the request line, which some clients send after a POST body,
+			// is ignored (RFC 9112 §2.2).
+			line, err = tp.ReadLine()
+		}
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	method, rest, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
@@ -59,28 +65,9 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 	if err != nil {
 		return nil, nil, badRequest("malformed request target")
 	}
-	mh, err := tp.ReadMIMEHeader()
-	if err != nil {
-		if errors.Is(err, errHeadTooLarge) {
+	if !whole {
+		if h, err = readHeader(&tp); err != nil {
 			return nil, nil, err
-		}
-		var pe textproto.ProtocolError
-		if errors.As(err, &pe) {
-			return nil, nil, badRequest("malformed header")
-		}
-		return nil, nil, err
-	}
-	h := http.Header(mh)
-	for k, vv := range h {
-		if !ValidFieldName(k) {
-			// textproto lets a space through ("Content-Length : 5"): a name that is not the
-			// header a front end may take it for.
-			return nil, nil, badRequest("invalid header name")
-		}
-		for _, v := range vv {
-			if !ValidFieldValue(v) {
-				return nil, nil, badRequest("invalid header value")
-			}
 		}
 	}
 	req := &http.Request{
@@ -117,6 +104,82 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 	return req, b, nil
 }
 
+// readHeader reads a header with textproto, and refuses what textproto lets through but a front end
+// may read otherwise.
+func readHeader(tp *textproto.Reader) (http.Header, error) {
+	mh, err := tp.ReadMIMEHeader()
+	if err != nil {
+		if errors.Is(err, errHeadTooLarge) {
+			return nil, err
+		}
+		var pe textproto.ProtocolError
+		if errors.As(err, &pe) {
+			return nil, badRequest("malformed header")
+		}
+		return nil, err
+	}
+	h := http.Header(mh)
+	for k, vv := range h {
+		if !ValidFieldName(k) {
+			// textproto lets a space through ("Content-Length : 5"): a name that is not the
+			// header a front end may take it for.
+			return nil, badRequest("invalid header name")
+		}
+		for _, v := range vv {
+			if !ValidFieldValue(v) {
+				return nil, badRequest("invalid header value")
+			}
+		}
+	}
+	return h, nil
+}
+
+// wholeHead parses the common request head in place, with one string for the request line and
+// every value instead of one per line: all of it already in br's buffer and within max bytes,
+// every line ending in CRLF, no folded line, every name a token, every value free of control
+// characters. It consumes the head. Anything else (a doubtful byte included) returns whole false
+// and consumes nothing, for textproto to read as before.
+func wholeHead(br *bufio.Reader, max int64) (line string, h http.Header, whole bool) {
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end <= 0 || int64(end) > max {
+		return "", nil, false
+	}
+	raw := buf[:end+2] // each line with its CRLF
+	crlf := bytes.Count(raw, []byte("\r\n"))
+	if bytes.Count(raw, []byte("\r")) != crlf || bytes.Count(raw, []byte("\n")) != crlf {
+		return "", nil, false
+	}
+	head := string(raw)
+	line, rest, _ := strings.Cut(head, "\r\n")
+	if line == "" { // an empty line before the request line: textproto's path skips it
+		return "", nil, false
+	}
+	values := make([]string, 0, crlf-1)
+	h = make(http.Header, crlf-1)
+	for len(rest) > 0 {
+		var l string
+		l, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, ok := strings.Cut(l, ":")
+		if !ok || !ValidFieldName(name) { // a folded line starts with a space: not a name
+			return "", nil, false
+		}
+		value = strings.Trim(value, " \t")
+		if !ValidFieldValue(value) {
+			return "", nil, false
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name) // no allocation for the common names
+		if vv := h[key]; vv != nil {
+			h[key] = append(vv, value)
+		} else {
+			values = append(values, value)
+			h[key] = values[len(values)-1 : len(values) : len(values)]
+		}
+	}
+	br.Discard(end + 4)
+	return line, h, true
+}
+
 // parseTarget parses a request target: origin form, absolute form, or * for OPTIONS.
 func parseTarget(method, target string) (*url.URL, error) {
 	if target == "*" && method == http.MethodOptions {
@@ -125,7 +188,27 @@ func parseTarget(method, target string) (*url.URL, error) {
 	if target == "" || method == http.MethodConnect {
 		return nil, errors.New("unsupported target")
 	}
+	if plainPath(target) {
+		return &url.URL{Path: target}, nil // what url.ParseRequestURI makes of it, without its parse
+	}
 	return url.ParseRequestURI(target)
+}
+
+// plainPath reports whether target is an absolute path of unreserved characters and slashes only:
+// no query, no escape, nothing url.ParseRequestURI would read otherwise than as the path itself.
+func plainPath(target string) bool {
+	if target[0] != '/' {
+		return false
+	}
+	for i := 1; i < len(target); i++ {
+		switch b := target[i]; {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		case b == '/', b == '-', b == '.', b == '_', b == '~':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // newBody sets up req's body from its framing headers (RFC 9112 §6).
