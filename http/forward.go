@@ -1,7 +1,6 @@
 package http
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -67,15 +66,16 @@ func errTooLarge(limit int64) error {
 	return errorf(http.StatusRequestEntityTooLarge, "request body is larger than the limit of "+formatBytes(limit))
 }
 
-// readBody reads all of r, sized from the declared length so a large body is not copied while growing.
+// readBody reads all of r into a buffer of the declared length: a large body is not copied while
+// growing, and a short one takes no more memory than it needs. The length is the body's framing,
+// checked by the server: the body ends there.
 func readBody(r io.Reader, length int64) ([]byte, error) {
 	if length <= 0 || length > 64<<20 {
 		return io.ReadAll(r)
 	}
-	var b bytes.Buffer
-	b.Grow(int(length) + bytes.MinRead)
-	_, err := b.ReadFrom(r)
-	return b.Bytes(), err
+	b := make([]byte, length)
+	n, err := io.ReadFull(r, b)
+	return b[:n], err
 }
 
 // acquire asks the registry for a replica and turns a refusal into the error the client gets.
