@@ -11,8 +11,9 @@ import (
 // closes the connection and when the handler returns, as a context.WithCancel of Background would
 // be. It exists for its AfterFunc. context.AfterFunc on a cancelCtx allocates a context, the done
 // channel and a map of children; the proxy registers once per replica exchange, between reading a
-// request and writing it to the replica, and there it took 10–13 µs (p50) on the proxy's test VM
-// (docs/performance.md, eighth round). Here a registration is an entry in a short list.
+// request and writing it to the replica, where timestamps put 10–13 µs (p50) across the call at one
+// request at a time (docs/performance.md, eighth round). Here a registration is an entry in a
+// short list.
 // context.WithCancel and WithTimeout use the same method for contexts derived from this one (they
 // look for AfterFunc on a parent that is not theirs), so deriving one starts no goroutine either.
 type requestContext struct {
