@@ -17,17 +17,23 @@ import (
 // errClientGone means the client left before anything was decided: there is nobody to answer.
 var errClientGone = errors.New("client left")
 
-// readRequest checks the Content-Type, reads the body up to --max-body and reads its routing fields.
+// readRequest reads a JSON body up to --max-body and its routing fields.
 func (s *Server) readRequest(w http.ResponseWriter, r *http.Request) ([]byte, requestFields, error) {
-	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
-		return nil, requestFields{}, err
-	}
-	body, err := readBodyUpTo(w, r, s.cfg.MaxBody)
+	body, err := readJSONBody(w, r, s.cfg.MaxBody)
 	if err != nil {
 		return nil, requestFields{}, err
 	}
 	f, err := parseFields(body)
 	return body, f, err
+}
+
+// readJSONBody checks the Content-Type (checkJSONContentType) and reads the body up to limit: the
+// one rule of the inference routes and the admin bodies.
+func readJSONBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+		return nil, err
+	}
+	return readBodyUpTo(w, r, limit)
 }
 
 // readBodyUpTo reads the whole request body: 413 when it is larger than limit (a declared length
@@ -48,8 +54,7 @@ func readBodyUpTo(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, 
 }
 
 // checkJSONContentType answers 415 to a Content-Type that is not JSON: application/json or any +json
-// type passes, with parameters or without, and so does no Content-Type at all. The inference routes
-// and the admin bodies share this one rule.
+// type passes, with parameters or without, and so does no Content-Type at all.
 func checkJSONContentType(ct string) error {
 	// The common exact value skips the media-type parser (it allocates a parameter map).
 	if ct == "" || ct == "application/json" {

@@ -211,13 +211,10 @@ func (s *Server) probeModels(ctx context.Context, base string) (map[string]bool,
 // admin routes need not take the megabytes an inference request may carry.
 const maxAdminBody = 1 << 20
 
-// readAdminBody reads the JSON body of an admin request, held to the Content-Type rule of /v1/* and
-// to the smaller of --max-body and maxAdminBody.
+// readAdminBody reads the JSON body of an admin request, as /v1/* reads its own, up to the smaller
+// of --max-body and maxAdminBody.
 func (s *Server) readAdminBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
-		return nil, err
-	}
-	return readBodyUpTo(w, r, min(s.cfg.MaxBody, maxAdminBody))
+	return readJSONBody(w, r, min(s.cfg.MaxBody, maxAdminBody))
 }
 
 // nodeURL reads the replica URL of /nodes/remove and /nodes/terminate: ?node_url= or {"url": ...}.
