@@ -303,6 +303,10 @@ func DeadAddr(tb testing.TB) string {
 	return "http://" + addr
 }
 
+// HealthStatuses are the words SetHealth gives a meaning of its own, in the order its comment
+// gives them.
+var HealthStatuses = []string{"healthy", "sleeping", "initializing", "unhealthy", "empty", "error", "hang"}
+
 // SetHealth chooses what GET /health answers: "healthy" (default) and
 // "sleeping" 200 with {"status":...}; "initializing", "unhealthy" and any
 // other word 503 with {"status":...} as LMDeploy does; "empty" 200 with no

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 )
 
 // The control API: Replica's setters and getters over HTTP, so a replica in another process
@@ -49,7 +50,7 @@ func (r *Replica) handleSimHealth(w http.ResponseWriter, req *http.Request, _ []
 		return
 	}
 	if h.Status == "" {
-		writeSimError(w, `"status" is missing: healthy, sleeping, initializing, unhealthy, empty, error or hang`)
+		writeSimError(w, `"status" is missing: one of `+strings.Join(HealthStatuses, ", "))
 		return
 	}
 	r.SetHealth(h.Status)

@@ -56,7 +56,7 @@ func newReplicaOptions() (*replicaOptions, *flagSet) {
 	s.add(durationValue{p: &o.itl}, "itl", "DURATION", "delay between two tokens")
 	s.add(intValue{&o.tokens, 1, math.MaxInt}, "tokens", "N", "tokens per answer")
 	s.add(stringValue{p: &o.adminKey}, "admin-key", "KEY", "Bearer key for the proxy's /nodes/* (its --admin-keys)")
-	s.add(enumValue{p: &o.health, choices: healthStatuses}, "health", "STATUS", "what GET /health answers: healthy, sleeping (200),\n"+
+	s.add(enumValue{p: &o.health, choices: proxytest.HealthStatuses}, "health", "STATUS", "what GET /health answers: healthy, sleeping (200),\n"+
 		"initializing, unhealthy (503); empty, error, hang: a broken server")
 	s.add(statusValue{&o.errorStatus}, "error-status", "STATUS", "answer every POST /v1/* with this status (400-599)\n"+
 		"and an LMDeploy error body; 0: no error")
@@ -67,9 +67,6 @@ func newReplicaOptions() (*replicaOptions, *flagSet) {
 	o.log.register(s)
 	return o, s
 }
-
-// healthStatuses are the words proxytest.Replica.SetHealth knows.
-var healthStatuses = []string{"healthy", "sleeping", "initializing", "unhealthy", "empty", "error", "hang"}
 
 // errTerminated is why a replica stops after GET /terminate.
 var errTerminated = errors.New("terminated by GET /terminate")
