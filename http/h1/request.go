@@ -142,7 +142,9 @@ func readHeader(tp *textproto.Reader) (http.Header, error) {
 func wholeHead(br *bufio.Reader, max int64) (line string, h http.Header, whole bool) {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end <= 0 || int64(end) > max {
+	// A head that starts with a line end has an empty line before its request line: textproto's
+	// path skips it.
+	if end <= 0 || buf[0] == '\r' || int64(end) > max {
 		return "", nil, false
 	}
 	raw := buf[:end+2] // each line with its CRLF
@@ -152,9 +154,6 @@ func wholeHead(br *bufio.Reader, max int64) (line string, h http.Header, whole b
 	}
 	head := string(raw)
 	line, rest, _ := strings.Cut(head, "\r\n")
-	if line == "" { // an empty line before the request line: textproto's path skips it
-		return "", nil, false
-	}
 	values := make([]string, 0, crlf-1)
 	h = make(http.Header, crlf-1)
 	for len(rest) > 0 {
