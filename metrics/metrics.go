@@ -5,6 +5,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,26 @@ type Metrics struct {
 	routing        prometheus.Histogram
 	probes         *prometheus.CounterVec
 	actorEvents    *prometheus.CounterVec
+
+	// series holds what Request and SSEEvents resolved for each combination of labels: looking a
+	// series up by its labels hashes and checks every label value, about a microsecond per request.
+	// Series are never deleted, so an entry never goes stale; there are as many as the vectors hold.
+	mu     sync.RWMutex
+	series map[seriesKey]*requestSeries
+	events map[string]prometheus.Counter
+}
+
+// seriesKey is the labels of one request's series.
+type seriesKey struct {
+	route, model, replica string
+	status                int
+}
+
+// requestSeries are the series one finished request is recorded in; ttft is nil without a model.
+type requestSeries struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+	ttft     prometheus.Observer
 }
 
 // latencyBuckets span a cached one-token answer to a long generation.
@@ -77,6 +98,8 @@ func New(replicas func() []messages.ReplicaStatus) *Metrics {
 			Name: "lmproxy_actor_events_total",
 			Help: "Actor-system events worth watching: dead_letter, restart.",
 		}, []string{"event"}),
+		series: map[seriesKey]*requestSeries{},
+		events: map[string]prometheus.Counter{},
 	}
 	m.reg.MustRegister(m.requests, m.duration, m.ttft, m.sseEvents, m.disconnects, m.upstreamErrors,
 		m.routing, m.probes, m.actorEvents, newReplicaCollector(replicas),
@@ -97,10 +120,11 @@ func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttf
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(route, model, replica, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(route, model).Observe(elapsed.Seconds())
-	if ttft > 0 && model != "" {
-		m.ttft.WithLabelValues(model).Observe(ttft.Seconds())
+	s := m.requestSeries(seriesKey{route, model, replica, status})
+	s.count.Inc()
+	s.duration.Observe(elapsed.Seconds())
+	if ttft > 0 && s.ttft != nil {
+		s.ttft.Observe(ttft.Seconds())
 	}
 	switch {
 	case outcome == messages.ClientGone:
@@ -108,6 +132,30 @@ func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttf
 	case outcome.CountsAgainstReplica() && replica != "":
 		m.upstreamErrors.WithLabelValues(replica, outcome.String()).Inc()
 	}
+}
+
+// requestSeries returns k's series, resolving them the first time.
+func (m *Metrics) requestSeries(k seriesKey) *requestSeries {
+	m.mu.RLock()
+	s := m.series[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	s = &requestSeries{
+		count:    m.requests.WithLabelValues(k.route, k.model, k.replica, strconv.Itoa(k.status)),
+		duration: m.duration.WithLabelValues(k.route, k.model),
+	}
+	if k.model != "" {
+		s.ttft = m.ttft.WithLabelValues(k.model)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old := m.series[k]; old != nil {
+		return old
+	}
+	m.series[k] = s
+	return s
 }
 
 // UpstreamError counts one failed attempt on replica that Request never sees: a request retried on
@@ -124,7 +172,16 @@ func (m *Metrics) SSEEvents(replica string, n int) {
 	if m == nil || n == 0 {
 		return
 	}
-	m.sseEvents.WithLabelValues(replica).Add(float64(n))
+	m.mu.RLock()
+	c := m.events[replica]
+	m.mu.RUnlock()
+	if c == nil {
+		c = m.sseEvents.WithLabelValues(replica)
+		m.mu.Lock()
+		m.events[replica] = c
+		m.mu.Unlock()
+	}
+	c.Add(float64(n))
 }
 
 // Routing records one registry round trip.
