@@ -17,15 +17,7 @@ import (
 // reads each answer, against h1 and net/http. The client parses answers by hand, allocating
 // nothing, so allocs/op are the server's (plus the handler's).
 func BenchmarkServeKeepAlive(b *testing.B) {
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var buf [512]byte
-		n, _ := io.ReadFull(r.Body, buf[:min(r.ContentLength, int64(len(buf)))])
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(buf[:n])
-	})
-	body := `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
-	req := []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n" +
-		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+	handler, req, body := echoJSON()
 	servers := []struct {
 		name  string
 		start func(b *testing.B) *testServer
@@ -57,8 +49,22 @@ func BenchmarkServeKeepAlive(b *testing.B) {
 	}
 }
 
+// echoJSON returns a handler that answers a small JSON request with its body, and such a request.
+func echoJSON() (handler http.Handler, req []byte, body string) {
+	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var buf [512]byte
+		n, _ := io.ReadFull(r.Body, buf[:min(r.ContentLength, int64(len(buf)))])
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(buf[:n])
+	})
+	body = `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
+	req = []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n" +
+		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+	return handler, req, body
+}
+
 // readAnswer reads an answer framed by Content-Length and returns its body's length.
-func readAnswer(b *testing.B, br *bufio.Reader) int {
+func readAnswer(b testing.TB, br *bufio.Reader) int {
 	n := -1
 	for first := true; ; first = false {
 		line, err := br.ReadSlice('\n')

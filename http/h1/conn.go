@@ -52,6 +52,8 @@ type conn struct {
 	br *bufio.Reader // nil when not held
 	bw *bufio.Writer // nil when not held
 
+	spareHeader http.Header // the last answer's header map, emptied for the next: see keepHeader
+
 	fd      int
 	watchID int32
 
@@ -178,7 +180,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 		c.setReadDeadline(time.Time{})
 		c.headDeadline = false
 	}
-	ctx := newRequestContext()
+	ctx := req.Context().(*requestContext) // readHead's
 	c.mu.Lock()
 	c.ctx = ctx
 	gone := c.gone
@@ -186,8 +188,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if gone {
 		ctx.cancel()
 	}
-	req = req.WithContext(ctx)
-	w := &response{c: c, req: req, body: b, header: make(http.Header, 8), clen: -1}
+	w := &response{c: c, req: req, body: b, header: c.takeHeader(), clen: -1}
 	b.w = w
 	if b.eof {
 		c.releaseReaderIfEmpty()
@@ -207,7 +208,32 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if err := w.finish(); err != nil || w.closeAfter || gone {
 		return false
 	}
+	c.keepHeader(w.header)
 	return b.discard() && !c.s.isClosing()
+}
+
+// maxKeptHeader bounds the answer headers kept for the connection's next answer: a small map's size.
+const maxKeptHeader = 8
+
+// takeHeader returns an empty header map for an answer: the one the connection's last answer left,
+// or a new one.
+func (c *conn) takeHeader() http.Header {
+	h := c.spareHeader
+	if h == nil {
+		return make(http.Header, maxKeptHeader)
+	}
+	c.spareHeader = nil
+	clear(h)
+	return h
+}
+
+// keepHeader keeps a finished answer's header map for the next answer on the connection: the
+// handler is done with it (a ResponseWriter is not used after ServeHTTP returns), and a new map
+// costs two allocations per request. A map that grew past a small one's size is left to the GC.
+func (c *conn) keepHeader(h http.Header) {
+	if len(h) <= maxKeptHeader {
+		c.spareHeader = h
+	}
 }
 
 // serveHandler runs the handler, recovering a panic as net/http does: the connection is closed

@@ -70,6 +70,8 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 			return nil, nil, err
 		}
 	}
+	// The request is put together here and copied once, with its context, into the one the handler
+	// gets: http.Request's context can only be set by such a copy.
 	req := &http.Request{
 		Method:     method,
 		URL:        u,
@@ -101,7 +103,7 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return req, b, nil
+	return req.WithContext(newRequestContext()), b, nil
 }
 
 // readHeader reads a header with textproto, and refuses what textproto lets through but a front end

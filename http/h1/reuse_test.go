@@ -1,0 +1,77 @@
+package h1_test
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/http/h1"
+)
+
+// TestAnswerHeaderNotCarriedOver: a keep-alive connection reuses its last answer's header map for
+// the next answer; nothing of one answer's headers may show in the next, whether the map was kept
+// (a few headers) or left behind (more than a small map holds).
+func TestAnswerHeaderNotCarriedOver(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/few":
+			w.Header().Set("X-First", "1")
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Add("Set-Cookie", "a=1")
+		case "/many":
+			for i := range 12 {
+				w.Header().Set("X-Many-"+strconv.Itoa(i), "v")
+			}
+		}
+		w.Write([]byte("ok"))
+	})
+	ts := startH1(t, &h1.Server{Handler: handler})
+	c := dialRaw(t, ts.addr)
+	plain := func(resp *http.Response) {
+		t.Helper()
+		assert.Equal(t, "text/plain; charset=utf-8", resp.Header.Get("Content-Type"), "sniffed, not the last answer's")
+		for k := range resp.Header {
+			assert.Contains(t, []string{"Content-Type", "Content-Length", "Date"}, k, "a header of an earlier answer")
+		}
+	}
+	for range 2 {
+		resp, body := c.get("/few")
+		require.Equal(t, "ok", body)
+		assert.Equal(t, "1", resp.Header.Get("X-First"))
+		assert.Equal(t, []string{"a=1"}, resp.Header.Values("Set-Cookie"))
+		assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		resp, _ = c.get("/plain")
+		plain(resp)
+		resp, _ = c.get("/many")
+		assert.Equal(t, "v", resp.Header.Get("X-Many-11"))
+		resp, _ = c.get("/plain")
+		plain(resp)
+	}
+}
+
+// TestRequestContextPerRequest: each request on a keep-alive connection has a context of its own,
+// live while its handler runs and cancelled once it returned.
+func TestRequestContextPerRequest(t *testing.T) {
+	ctxs := make(chan context.Context, 2)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Context().Err() != nil {
+			http.Error(w, "cancelled", http.StatusInternalServerError)
+			return
+		}
+		ctxs <- r.Context()
+	})
+	ts := startH1(t, &h1.Server{Handler: handler})
+	c := dialRaw(t, ts.addr)
+	resp, _ := c.get("/1")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	first := <-ctxs
+	resp, _ = c.get("/2")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	second := <-ctxs
+	assert.NotSame(t, first, second)
+	assert.Error(t, first.Err())
+}
