@@ -52,7 +52,9 @@ type conn struct {
 	br *bufio.Reader // nil when not held
 	bw *bufio.Writer // nil when not held
 
-	spareHeader http.Header // the last answer's header map, emptied for the next: see keepHeader
+	// The last request's header maps, emptied for the next one: see keepHeaders.
+	spareRequestHeader http.Header
+	spareHeader        http.Header
 
 	fd      int
 	watchID int32
@@ -208,12 +210,21 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if err := w.finish(); err != nil || w.closeAfter || gone {
 		return false
 	}
-	c.keepHeader(w.header)
-	return b.discard() && !c.s.isClosing()
+	if !b.discard() || c.s.isClosing() {
+		return false
+	}
+	c.keepHeaders(req.Header, w.header)
+	return true
 }
 
-// maxKeptHeader bounds the answer headers kept for the connection's next answer: a small map's size.
-const maxKeptHeader = 8
+const (
+	// maxKeptHeader bounds the answer headers kept for the connection's next answer: a small map's
+	// size.
+	maxKeptHeader = 8
+	// maxKeptRequestHeader bounds the request headers kept: clients such as OpenAI's SDKs send a
+	// dozen.
+	maxKeptRequestHeader = 32
+)
 
 // takeHeader returns an empty header map for an answer: the one the connection's last answer left,
 // or a new one.
@@ -223,16 +234,21 @@ func (c *conn) takeHeader() http.Header {
 		return make(http.Header, maxKeptHeader)
 	}
 	c.spareHeader = nil
-	clear(h)
 	return h
 }
 
-// keepHeader keeps a finished answer's header map for the next answer on the connection: the
-// handler is done with it (a ResponseWriter is not used after ServeHTTP returns), and a new map
-// costs two allocations per request. A map that grew past a small one's size is left to the GC.
-func (c *conn) keepHeader(h http.Header) {
-	if len(h) <= maxKeptHeader {
-		c.spareHeader = h
+// keepHeaders keeps a finished request's header maps, emptied, for the next request on the
+// connection: the handler is done with them (neither a Request nor a ResponseWriter is used after
+// ServeHTTP returns), and new maps cost two allocations each. A map that grew past its bound is
+// left to the GC.
+func (c *conn) keepHeaders(request, answer http.Header) {
+	if len(request) <= maxKeptRequestHeader {
+		clear(request)
+		c.spareRequestHeader = request
+	}
+	if len(answer) <= maxKeptHeader {
+		clear(answer)
+		c.spareHeader = answer
 	}
 }
 

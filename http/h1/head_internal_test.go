@@ -36,7 +36,7 @@ func FuzzWholeHead(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		fast := bufio.NewReaderSize(strings.NewReader(in), 4096)
 		fast.Peek(1)
-		line, h, whole := wholeHead(fast, 1<<20)
+		line, h, whole := wholeHead(fast, 1<<20, nil)
 		if !whole {
 			if fast.Buffered() != min(len(in), 4096) {
 				t.Fatalf("wholeHead declined %q but consumed %d bytes", in, min(len(in), 4096)-fast.Buffered())
@@ -68,20 +68,20 @@ func TestWholeHeadDeclines(t *testing.T) {
 	for _, in := range append(headSeeds[:4:4], headSeeds[13]) {
 		br := bufio.NewReader(strings.NewReader(in))
 		br.Peek(1)
-		if _, _, whole := wholeHead(br, 1<<20); !whole {
+		if _, _, whole := wholeHead(br, 1<<20, nil); !whole {
 			t.Errorf("wholeHead declined %q", in)
 		}
 	}
 	for _, in := range headSeeds[4:13] {
 		br := bufio.NewReader(strings.NewReader(in))
 		br.Peek(1)
-		if _, _, whole := wholeHead(br, 1<<20); whole {
+		if _, _, whole := wholeHead(br, 1<<20, nil); whole {
 			t.Errorf("wholeHead took %q", in)
 		}
 	}
 	br := bufio.NewReader(strings.NewReader(headSeeds[0]))
 	br.Peek(1)
-	if _, _, whole := wholeHead(br, 64); whole {
+	if _, _, whole := wholeHead(br, 64, nil); whole {
 		t.Error("wholeHead took a head over its byte limit")
 	}
 }

@@ -35,7 +35,10 @@ func (c *conn) readRequest() (*http.Request, *body, error) {
 }
 
 func (c *conn) readHead() (*http.Request, *body, error) {
-	line, h, whole := wholeHead(c.br, c.s.maxHeaderBytes())
+	line, h, whole := wholeHead(c.br, c.s.maxHeaderBytes(), c.spareRequestHeader)
+	if whole {
+		c.spareRequestHeader = nil
+	}
 	tp := textproto.Reader{R: c.br}
 	if !whole {
 		var err error
@@ -140,8 +143,8 @@ func readHeader(tp *textproto.Reader) (http.Header, error) {
 // every value instead of one per line: all of it already in br's buffer and within max bytes,
 // every line ending in CRLF, no folded line, every name a token, every value free of control
 // characters. It consumes the head. Anything else (a doubtful byte included) returns whole false
-// and consumes nothing, for textproto to read as before.
-func wholeHead(br *bufio.Reader, max int64) (line string, h http.Header, whole bool) {
+// and consumes nothing, for textproto to read as before. h, when not nil, is an empty map to fill.
+func wholeHead(br *bufio.Reader, max int64, h http.Header) (line string, _ http.Header, whole bool) {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
 	// A head that starts with a line end has an empty line before its request line: textproto's
@@ -157,7 +160,9 @@ func wholeHead(br *bufio.Reader, max int64) (line string, h http.Header, whole b
 	head := string(raw)
 	line, rest, _ := strings.Cut(head, "\r\n")
 	values := make([]string, 0, crlf-1)
-	h = make(http.Header, crlf-1)
+	if h == nil {
+		h = make(http.Header, crlf-1)
+	}
 	for len(rest) > 0 {
 		var l string
 		l, rest, _ = strings.Cut(rest, "\r\n")

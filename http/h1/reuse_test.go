@@ -2,8 +2,10 @@ package h1_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -74,4 +76,41 @@ func TestRequestContextPerRequest(t *testing.T) {
 	second := <-ctxs
 	assert.NotSame(t, first, second)
 	assert.Error(t, first.Err())
+}
+
+// TestRequestHeaderNotCarriedOver: a keep-alive connection reuses its last request's header map
+// for the next request's; a handler sees only its own request's headers, whether the map was kept
+// or not, and whether the next head is read in place or by textproto (a folded line).
+func TestRequestHeaderNotCarriedOver(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for k, vv := range r.Header {
+			w.Header()["Echo-"+k] = vv
+		}
+	})
+	ts := startH1(t, &h1.Server{Handler: handler})
+	c := dialRaw(t, ts.addr)
+	ask := func(head string) http.Header {
+		t.Helper()
+		c.write("GET / HTTP/1.1\r\nHost: test\r\n" + head + "\r\n")
+		resp, _ := c.mustRead(http.MethodGet)
+		got := http.Header{}
+		for k, vv := range resp.Header {
+			if name, ok := strings.CutPrefix(k, "Echo-"); ok {
+				got[name] = vv
+			}
+		}
+		return got
+	}
+	var many strings.Builder
+	for i := range 40 {
+		fmt.Fprintf(&many, "X-Many-%d: v\r\n", i)
+	}
+	for range 2 {
+		assert.Equal(t, http.Header{"X-A": {"1", "2"}, "User-Agent": {"a"}}, ask("X-A: 1\r\nX-A: 2\r\nUser-Agent: a\r\n"))
+		assert.Equal(t, http.Header{"User-Agent": {"b"}}, ask("User-Agent: b\r\n"))
+		assert.Len(t, ask(many.String()), 40)
+		assert.Equal(t, http.Header{}, ask(""))
+		assert.Equal(t, http.Header{"X-Folded": {"a b"}}, ask("X-Folded: a\r\n b\r\n"))
+		assert.Equal(t, http.Header{"X-B": {"3"}}, ask("X-B: 3\r\n"))
+	}
 }
