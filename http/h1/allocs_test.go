@@ -3,10 +3,7 @@
 package h1_test
 
 import (
-	"bufio"
-	"net"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -18,21 +15,8 @@ import (
 // request, its URL, head and context, the body and the ResponseWriter. The header maps are the
 // connection's, reused. (Not under the race detector, whose runtime allocates too.)
 func TestKeepAliveAllocations(t *testing.T) {
-	handler, req, body := echoJSON()
-	ts := startH1(t, &h1.Server{Handler: handler})
-	nc, err := net.Dial("tcp", ts.addr)
-	require.NoError(t, err)
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(time.Minute))
-	br := bufio.NewReaderSize(nc, 4<<10)
-	roundTrip := func() {
-		if _, err := nc.Write(req); err != nil {
-			t.Fatal(err)
-		}
-		if n := readAnswer(t, br); n != len(body) {
-			t.Fatalf("answer of %d bytes, want %d", n, len(body))
-		}
-	}
+	ts := startH1(t, &h1.Server{Handler: echoJSON()})
+	roundTrip := echoClient(t, ts.addr)
 	roundTrip()
 	allocs := testing.AllocsPerRun(200, roundTrip)
 	require.LessOrEqual(t, allocs, 11.0, "allocations per request")

@@ -17,7 +17,7 @@ import (
 // reads each answer, against h1 and net/http. The client parses answers by hand, allocating
 // nothing, so allocs/op are the server's (plus the handler's).
 func BenchmarkServeKeepAlive(b *testing.B) {
-	handler, req, body := echoJSON()
+	handler := echoJSON()
 	servers := []struct {
 		name  string
 		start func(b *testing.B) *testServer
@@ -27,40 +27,47 @@ func BenchmarkServeKeepAlive(b *testing.B) {
 	}
 	for _, s := range servers {
 		b.Run(s.name, func(b *testing.B) {
-			ts := s.start(b)
-			nc, err := net.Dial("tcp", ts.addr)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer nc.Close()
-			nc.SetDeadline(time.Now().Add(time.Hour))
-			br := bufio.NewReaderSize(nc, 4<<10)
+			roundTrip := echoClient(b, s.start(b).addr)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
-				if _, err := nc.Write(req); err != nil {
-					b.Fatal(err)
-				}
-				if n := readAnswer(b, br); n != len(body) {
-					b.Fatalf("answer of %d bytes, want %d", n, len(body))
-				}
+				roundTrip()
 			}
 		})
 	}
 }
 
-// echoJSON returns a handler that answers a small JSON request with its body, and such a request.
-func echoJSON() (handler http.Handler, req []byte, body string) {
-	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// echoJSON returns a handler that answers a request with its (small) body, as JSON.
+func echoJSON() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var buf [512]byte
 		n, _ := io.ReadFull(r.Body, buf[:min(r.ContentLength, int64(len(buf)))])
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(buf[:n])
 	})
-	body = `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
-	req = []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n" +
+}
+
+// echoClient connects to an echoJSON server at addr and returns a function that posts a small
+// JSON request on the connection and reads its answer, allocating nothing.
+func echoClient(t testing.TB, addr string) (roundTrip func()) {
+	body := `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
+	req := []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n" +
 		"Content-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
-	return handler, req, body
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(time.Hour))
+	br := bufio.NewReaderSize(nc, 4<<10)
+	return func() {
+		if _, err := nc.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		if n := readAnswer(t, br); n != len(body) {
+			t.Fatalf("answer of %d bytes, want %d", n, len(body))
+		}
+	}
 }
 
 // readAnswer reads an answer framed by Content-Length and returns its body's length.
