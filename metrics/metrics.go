@@ -31,7 +31,7 @@ type Metrics struct {
 	actorEvents    *prometheus.CounterVec
 
 	// series holds what Request and SSEEvents resolved for each combination of labels: looking a
-	// series up by its labels hashes and checks every label value, about a microsecond per request.
+	// series up by its labels hashes and checks every label value, half a microsecond per request.
 	// Series are never deleted, so an entry never goes stale; there are as many as the vectors hold.
 	mu     sync.RWMutex
 	series map[seriesKey]*requestSeries

@@ -112,5 +112,8 @@ func TestRequestHeaderNotCarriedOver(t *testing.T) {
 		assert.Equal(t, http.Header{}, ask(""))
 		assert.Equal(t, http.Header{"X-Folded": {"a b"}}, ask("X-Folded: a\r\n b\r\n"))
 		assert.Equal(t, http.Header{"X-B": {"3"}}, ask("X-B: 3\r\n"))
+		// A head the in-place parser declines part way (a folded line), whose map is not kept.
+		assert.Len(t, ask("X-Early: 1\r\nX-Folded: a\r\n b\r\n"+many.String()), 42)
+		assert.Equal(t, http.Header{"X-C": {"4"}}, ask("X-C: 4\r\n"))
 	}
 }
