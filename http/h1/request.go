@@ -36,11 +36,8 @@ func (c *conn) readRequest() (*http.Request, *body, error) {
 
 func (c *conn) readHead() (*http.Request, *body, error) {
 	line, h, whole := wholeHead(c.br, c.s.maxHeaderBytes(), c.spareRequestHeader)
-	switch {
-	case whole:
+	if whole {
 		c.spareRequestHeader = nil
-	case c.spareRequestHeader != nil:
-		clear(c.spareRequestHeader) // wholeHead may have filled some of it before it declined
 	}
 	tp := textproto.Reader{R: c.br}
 	if !whole {
@@ -146,8 +143,8 @@ func readHeader(tp *textproto.Reader) (http.Header, error) {
 // every value instead of one per line: all of it already in br's buffer and within max bytes,
 // every line ending in CRLF, no folded line, every name a token, every value free of control
 // characters. It consumes the head. Anything else (a doubtful byte included) returns whole false
-// and consumes nothing, for textproto to read as before. h, when not nil, is an empty map to fill
-// (a declined head may leave some of its lines in it).
+// and consumes nothing, for textproto to read as before. h, when not nil, is an empty map to fill;
+// it is left empty when the head is declined.
 func wholeHead(br *bufio.Reader, max int64, h http.Header) (line string, _ http.Header, whole bool) {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
@@ -171,11 +168,10 @@ func wholeHead(br *bufio.Reader, max int64, h http.Header) (line string, _ http.
 		var l string
 		l, rest, _ = strings.Cut(rest, "\r\n")
 		name, value, ok := strings.Cut(l, ":")
-		if !ok || !ValidFieldName(name) { // a folded line starts with a space: not a name
-			return "", nil, false
-		}
 		value = strings.Trim(value, " \t")
-		if !ValidFieldValue(value) {
+		// A folded line starts with a space: not a name.
+		if !ok || !ValidFieldName(name) || !ValidFieldValue(value) {
+			clear(h) // the lines before this one
 			return "", nil, false
 		}
 		key := textproto.CanonicalMIMEHeaderKey(name) // no allocation for the common names
