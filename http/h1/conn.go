@@ -190,6 +190,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if gone {
 		ctx.cancel()
 	}
+	reqHeader := req.Header // the map readHead made, whatever the handler puts in req
 	w := &response{c: c, req: req, body: b, header: c.takeHeader(), clen: -1}
 	b.w = w
 	if b.eof {
@@ -213,7 +214,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	if !b.discard() || c.s.isClosing() {
 		return false
 	}
-	c.keepHeaders(req.Header, w.header)
+	c.keepHeaders(reqHeader, w.header)
 	return true
 }
 

@@ -117,3 +117,19 @@ func TestRequestHeaderNotCarriedOver(t *testing.T) {
 		assert.Equal(t, http.Header{"X-C": {"4"}}, ask("X-C: 4\r\n"))
 	}
 }
+
+// TestReplacedRequestHeaderNotKept: a handler that puts a map of its own in its request's Header
+// keeps that map; the connection keeps (and empties) only the map it made.
+func TestReplacedRequestHeaderNotKept(t *testing.T) {
+	own := http.Header{"X-Own": {"v"}}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/replace" {
+			r.Header = own
+		}
+	})
+	ts := startH1(t, &h1.Server{Handler: handler})
+	c := dialRaw(t, ts.addr)
+	c.get("/replace")
+	c.get("/next")
+	assert.Equal(t, http.Header{"X-Own": {"v"}}, own)
+}
