@@ -134,10 +134,7 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	if !t.decided {
 		outcome = statusOutcome(status)
 	}
-	s.cfg.Metrics.Request(t.route, t.model, t.replica, status, elapsed, t.ttft, outcome)
-	if t.replica != "" {
-		s.cfg.Metrics.SSEEvents(t.replica, t.events)
-	}
+	s.cfg.Metrics.Request(t.route, t.model, t.replica, status, elapsed, t.ttft, t.events, outcome)
 	if !infoEnabled(s.access) {
 		return // building the line costs a dozen allocations: not for a line nobody reads
 	}

@@ -30,12 +30,11 @@ type Metrics struct {
 	probes         *prometheus.CounterVec
 	actorEvents    *prometheus.CounterVec
 
-	// series holds what Request and SSEEvents resolved for each combination of labels: looking a
-	// series up by its labels hashes and checks every label value, half a microsecond per request.
-	// Series are never deleted, so an entry never goes stale; there are as many as the vectors hold.
+	// series holds what Request resolved for each combination of labels: looking a series up by
+	// its labels hashes and checks every label value, half a microsecond per request. Series are
+	// never deleted, so an entry never goes stale; there are as many as the vectors hold.
 	mu     sync.RWMutex
 	series map[seriesKey]*requestSeries
-	events map[string]prometheus.Counter
 }
 
 // seriesKey is the labels of one request's series.
@@ -44,11 +43,13 @@ type seriesKey struct {
 	status                int
 }
 
-// requestSeries are the series one finished request is recorded in; ttft is nil without a model.
+// requestSeries are the series one finished request is recorded in; ttft is nil without a model,
+// events without a replica.
 type requestSeries struct {
 	count    prometheus.Counter
 	duration prometheus.Observer
 	ttft     prometheus.Observer
+	events   prometheus.Counter
 }
 
 // latencyBuckets span a cached one-token answer to a long generation.
@@ -99,7 +100,6 @@ func New(replicas func() []messages.ReplicaStatus) *Metrics {
 			Help: "Actor-system events worth watching: dead_letter, restart.",
 		}, []string{"event"}),
 		series: map[seriesKey]*requestSeries{},
-		events: map[string]prometheus.Counter{},
 	}
 	m.reg.MustRegister(m.requests, m.duration, m.ttft, m.sseEvents, m.disconnects, m.upstreamErrors,
 		m.routing, m.probes, m.actorEvents, newReplicaCollector(replicas),
@@ -114,9 +114,10 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// Request records one answered request. model and replica are empty when none was chosen (an
-// unknown model never becomes a label: clients choose it, and labels must stay bounded).
-func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttft time.Duration, outcome messages.Outcome) {
+// Request records one answered request, with the server-sent events (streamed tokens) it passed
+// from its replica. model and replica are empty when none was chosen (an unknown model never
+// becomes a label: clients choose it, and labels must stay bounded).
+func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttft time.Duration, events int, outcome messages.Outcome) {
 	if m == nil {
 		return
 	}
@@ -125,6 +126,9 @@ func (m *Metrics) Request(route, model, replica string, status int, elapsed, ttf
 	s.duration.Observe(elapsed.Seconds())
 	if ttft > 0 && s.ttft != nil {
 		s.ttft.Observe(ttft.Seconds())
+	}
+	if events > 0 && s.events != nil {
+		s.events.Add(float64(events))
 	}
 	switch {
 	case outcome == messages.ClientGone:
@@ -149,6 +153,9 @@ func (m *Metrics) requestSeries(k seriesKey) *requestSeries {
 	if k.model != "" {
 		s.ttft = m.ttft.WithLabelValues(k.model)
 	}
+	if k.replica != "" {
+		s.events = m.sseEvents.WithLabelValues(k.replica)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old := m.series[k]; old != nil {
@@ -165,23 +172,6 @@ func (m *Metrics) UpstreamError(replica string, outcome messages.Outcome) {
 		return
 	}
 	m.upstreamErrors.WithLabelValues(replica, outcome.String()).Inc()
-}
-
-// SSEEvents adds n events streamed from replica.
-func (m *Metrics) SSEEvents(replica string, n int) {
-	if m == nil || n == 0 {
-		return
-	}
-	m.mu.RLock()
-	c := m.events[replica]
-	m.mu.RUnlock()
-	if c == nil {
-		c = m.sseEvents.WithLabelValues(replica)
-		m.mu.Lock()
-		m.events[replica] = c
-		m.mu.Unlock()
-	}
-	c.Add(float64(n))
 }
 
 // Routing records one registry round trip.

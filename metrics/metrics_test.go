@@ -43,15 +43,15 @@ func TestRequestSeries(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 50 {
-				m.Request("/v1/chat/completions", "m1", "http://r1", 200, 20*time.Millisecond, 5*time.Millisecond, messages.OK)
-				m.SSEEvents("http://r1", 3)
+				m.Request("/v1/chat/completions", "m1", "http://r1", 200, 20*time.Millisecond, 5*time.Millisecond, 3, messages.OK)
 			}
 		}()
 	}
 	wg.Wait()
-	m.Request("/v1/chat/completions", "m1", "http://r1", 502, time.Second, 0, messages.UpstreamError)
-	m.Request("/v1/completions", "", "", 404, time.Millisecond, 0, messages.OK)
-	m.Request("/v1/chat/completions", "m1", "", 499, time.Millisecond, 0, messages.ClientGone)
+	m.Request("/v1/chat/completions", "m1", "http://r1", 502, time.Second, 0, 0, messages.UpstreamError)
+	m.Request("/v1/completions", "", "", 404, time.Millisecond, 0, 0, messages.OK)
+	m.Request("/v1/completions", "m1", "http://r2", 200, time.Millisecond, 0, 0, messages.OK)
+	m.Request("/v1/chat/completions", "m1", "", 499, time.Millisecond, 0, 0, messages.ClientGone)
 
 	text := scrape(t, m)
 	require.Equal(t, `lmproxy_requests_total{model="m1",replica="http://r1",route="/v1/chat/completions",status="200"} 400`,
@@ -65,6 +65,9 @@ func TestRequestSeries(t *testing.T) {
 	require.Equal(t, `lmproxy_time_to_first_token_seconds_count{model="m1"} 400`,
 		line(t, text, `lmproxy_time_to_first_token_seconds_count{model="m1"}`), "no TTFT without a first byte")
 	require.Equal(t, `lmproxy_sse_events_total{replica="http://r1"} 1200`, line(t, text, `lmproxy_sse_events_total{replica="http://r1"}`))
+	require.Equal(t, `lmproxy_sse_events_total{replica="http://r2"} 0`, line(t, text, `lmproxy_sse_events_total{replica="http://r2"}`),
+		"a replica's series starts at 0 with its first request")
+	require.NotContains(t, text, `lmproxy_sse_events_total{replica=""}`)
 	require.Equal(t, `lmproxy_client_disconnects_total{route="/v1/chat/completions"} 1`,
 		line(t, text, `lmproxy_client_disconnects_total{route="/v1/chat/completions"}`))
 	require.Equal(t, `lmproxy_upstream_errors_total{kind="upstream_error",replica="http://r1"} 1`,
@@ -78,8 +81,7 @@ func BenchmarkRequest(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Request("/v1/chat/completions", "internlm2", "http://10.0.0.7:23333", 200, 20*time.Millisecond, 5*time.Millisecond, messages.OK)
-			m.SSEEvents("http://10.0.0.7:23333", 17)
+			m.Request("/v1/chat/completions", "internlm2", "http://10.0.0.7:23333", 200, 20*time.Millisecond, 5*time.Millisecond, 17, messages.OK)
 		}
 	})
 }
