@@ -88,9 +88,11 @@ func (d *flagDef) spacedValues() *flagDef {
 func (s *flagSet) joinSpaced(args []string) []string {
 	out := make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {
-		name := strings.TrimLeft(args[i], "-")
-		d := s.spacedFlag(name)
-		if d == nil || args[i] == name || args[i] == "--" || strings.Contains(name, "=") {
+		if args[i] == "--" { // the flag package reads no flag after it
+			return append(out, args[i:]...)
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(args[i], "-"), "-") // its two spellings
+		if name == args[i] || strings.Contains(name, "=") || s.spacedFlag(name) == nil {
 			out = append(out, args[i])
 			continue
 		}

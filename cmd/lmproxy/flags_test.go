@@ -226,3 +226,12 @@ func TestParseSize(t *testing.T) {
 	require.Equal(t, "64MiB", formatSize(64<<20))
 	require.Equal(t, "1536", formatSize(1536))
 }
+
+// The spaced form is read only where the flag package reads flags: not after "--", and not from a
+// spelling it refuses ("---api-keys").
+func TestSpacedValuesOnlyWhereFlagsAre(t *testing.T) {
+	_, s := newServeOptions()
+	require.ErrorContains(t, s.parse([]string{"--port", "8080", "--", "--api-keys", "k1"}), `unexpected argument "--api-keys"`)
+	_, s = newServeOptions()
+	require.ErrorContains(t, s.parse([]string{"---api-keys", "k1"}), "---api-keys")
+}
