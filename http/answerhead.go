@@ -16,35 +16,50 @@ import (
 // (HTTP/1.1, a final status with a body, one Content-Length, no Transfer-Encoding or Connection
 // header, all of it already in br's buffer) is parsed in place, with about half of
 // http.ReadResponse's allocations, on the path of every non-stream answer. Any other head, a
-// doubtful byte included, goes to http.ReadResponse as it is.
-func readAnswerHead(br *bufio.Reader, method string) (*http.Response, error) {
+// doubtful byte included, goes to http.ReadResponse as it is. pb is where the caller puts the body
+// it wraps around the answer's: allocated with the answer when parsed in place.
+func readAnswerHead(br *bufio.Reader, method string) (resp *http.Response, pb *pooledBody, err error) {
 	// The first read from the socket, as http.ReadResponse's would be, and with its error.
 	if _, err := br.Peek(1); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if method == http.MethodHead {
-		return http.ReadResponse(br, headRequest)
+		resp, err = http.ReadResponse(br, headRequest)
+	} else if a := parseWholeHead(br); a != nil {
+		return &a.Response, &a.pooled, nil
+	} else {
+		resp, err = http.ReadResponse(br, nil) // nil: taken for a GET, which is all it needs to know
 	}
-	if resp := parseWholeHead(br); resp != nil {
-		return resp, nil
+	if err != nil {
+		return nil, nil, err
 	}
-	return http.ReadResponse(br, nil) // nil: taken for a GET, which is all it needs to know
+	return resp, new(pooledBody), nil
 }
 
 // headRequest tells http.ReadResponse that an answer has no body whatever its length says.
 var headRequest = &http.Request{Method: http.MethodHead}
 
+// wholeAnswer is an answer parsed in place with its body's readers and the header values of a
+// common head: one allocation, not four, on the path of every non-stream answer.
+type wholeAnswer struct {
+	http.Response
+	pooled pooledBody
+	length lengthBody
+	values [8]string
+}
+
 // parseWholeHead parses the head at the start of br's buffer and consumes it, or returns nil and
 // consumes nothing when the head is not the plain kind readAnswerHead describes.
-func parseWholeHead(br *bufio.Reader) *http.Response {
+func parseWholeHead(br *bufio.Reader) *wholeAnswer {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 {
+	if end < 0 || !lengthFramed(buf[:end+2]) {
 		return nil
 	}
+	a := new(wholeAnswer)
 	// One string holds every value and the status text; net/http allocates each on its own.
 	head := string(buf[:end+2]) // each line with its CRLF
 	line, rest, _ := strings.Cut(head, "\r\n")
@@ -53,7 +68,10 @@ func parseWholeHead(br *bufio.Reader) *http.Response {
 		return nil
 	}
 	status := line[len("HTTP/1.1 "):]
-	values := make([]string, 0, strings.Count(rest, "\r\n"))
+	values := a.values[:0]
+	if n := strings.Count(rest, "\r\n"); n > len(a.values) {
+		values = make([]string, 0, n)
+	}
 	h := make(http.Header, cap(values))
 	length := int64(-1)
 	for len(rest) > 0 {
@@ -64,10 +82,7 @@ func parseWholeHead(br *bufio.Reader) *http.Response {
 		}
 		key := textproto.CanonicalMIMEHeaderKey(name) // no allocation for the common headers
 		value = strings.Trim(value, " \t")
-		switch key {
-		case "Transfer-Encoding", "Connection":
-			return nil
-		case "Content-Length":
+		if key == "Content-Length" {
 			n, err := strconv.ParseInt(value, 10, 64)
 			if length >= 0 || err != nil || n < 0 || value[0] == '+' {
 				return nil
@@ -85,11 +100,29 @@ func parseWholeHead(br *bufio.Reader) *http.Response {
 		return nil
 	}
 	br.Discard(end + 4)
-	return &http.Response{
+	a.Response = http.Response{
 		Status: status, StatusCode: code,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, ContentLength: length, Body: &lengthBody{r: br, n: length},
+		Header: h, ContentLength: length,
 	}
+	a.length = lengthBody{r: br, n: length}
+	a.Body = &a.length
+	return a
+}
+
+// lengthFramed is a first look at a head's lines, before anything is allocated for them: false
+// when one is a Transfer-Encoding (a stream's chunked answer) or Connection header, which
+// parseWholeHead leaves to net/http.
+func lengthFramed(lines []byte) bool {
+	for len(lines) > 0 {
+		line, rest, _ := bytes.Cut(lines, []byte("\r\n"))
+		name, _, _ := bytes.Cut(line, []byte(":"))
+		if bytes.EqualFold(name, []byte("Transfer-Encoding")) || bytes.EqualFold(name, []byte("Connection")) {
+			return false
+		}
+		lines = rest
+	}
+	return true
 }
 
 // statusLine reads "HTTP/1.1 NNN reason" for a final status that has a body (not 1xx, 204 or 304).

@@ -50,8 +50,8 @@ func readBoth(t *testing.T, answer string) (fast *http.Response, fastBody string
 	t.Helper()
 	br := bufio.NewReaderSize(strings.NewReader(answer), 4096)
 	br.Peek(len(answer)) // the whole answer in the buffer, as after one read from the socket
-	fast = parseWholeHead(br)
-	if fast != nil {
+	if a := parseWholeHead(br); a != nil {
+		fast = &a.Response
 		b, err := io.ReadAll(fast.Body)
 		fastBody, fastErr = string(b), err
 	} else {

@@ -197,11 +197,12 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, dst target, req *rep
 			return fail(err)
 		}
 	}
-	resp, err := readAnswerHead(c.reader(), req.method)
+	resp, pb, err := readAnswerHead(c.reader(), req.method)
 	if err != nil {
 		return fail(err)
 	}
-	resp.Body = &pooledBody{body: resp.Body, c: c, u: u, ctx: ctx, stop: stop, keep: !resp.Close}
+	*pb = pooledBody{body: resp.Body, c: c, u: u, ctx: ctx, stop: stop, keep: !resp.Close}
+	resp.Body = pb
 	return resp, nil
 }
 
