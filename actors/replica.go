@@ -154,10 +154,19 @@ func (r *replica) apply(c *actor.Context, res probeResult) {
 	}
 }
 
-// nextInterval is the health interval, or the down list's backoff for an evicted replica.
+// unknownInterval is how often a replica that has not answered since it was registered is probed,
+// when the health interval is longer: LMDeploy's api_server registers a moment before it listens,
+// and should not wait a whole interval to be routed to.
+const unknownInterval = time.Second
+
+// nextInterval is the health interval, the down list's backoff for an evicted replica, or
+// unknownInterval for one not heard from yet.
 func (r *replica) nextInterval() time.Duration {
-	if r.st.health == messages.HealthDown && r.st.backoff > 0 {
+	switch {
+	case r.st.health == messages.HealthDown && r.st.backoff > 0:
 		return r.st.backoff
+	case r.st.health == messages.HealthUnknown:
+		return min(unknownInterval, r.cfg.HealthInterval)
 	}
 	return r.cfg.HealthInterval
 }

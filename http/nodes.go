@@ -141,13 +141,22 @@ func (s *Server) handleNodesAdd(w http.ResponseWriter, r *http.Request) {
 
 // addReplica probes reg's replica, fills its models from the probe when none were declared, and
 // registers it as healthy (the probe just proved it answers). --nodes uses it too.
+//
+// A registration that declares its models is kept although nothing answers the probe: LMDeploy's
+// api_server registers from its start-up hook, before it listens, and never again. Such a replica
+// is not routed to until its health probe finds it serving (actors: every second until then).
 func (s *Server) addReplica(ctx context.Context, reg *messages.Registration) error {
-	served, err := s.probeModels(ctx, reg.URL)
-	if err != nil {
+	health := messages.HealthHealthy
+	served, answered, err := s.probeModels(ctx, reg.URL)
+	switch {
+	case err != nil && !answered && len(reg.Models) > 0 && ctx.Err() == nil:
+		health = messages.HealthUnknown
+		s.log.WithField("replica", reg.URL).WithError(err).Info("replica added before it answers: routed to once its health probe passes")
+	case err != nil:
 		return err
 	}
 	for _, m := range reg.Models {
-		if !served[m] {
+		if health == messages.HealthHealthy && !served[m] {
 			return errorf(http.StatusBadRequest, fmt.Sprintf("model %q is not served by %s", m, reg.URL))
 		}
 	}
@@ -156,7 +165,7 @@ func (s *Server) addReplica(ctx context.Context, reg *messages.Registration) err
 			reg.Models = append(reg.Models, m)
 		}
 	}
-	if err := s.reg.Register(ctx, *reg, messages.HealthHealthy); err != nil {
+	if err := s.reg.Register(ctx, *reg, health); err != nil {
 		return errorf(http.StatusServiceUnavailable, err.Error())
 	}
 	return nil
@@ -171,21 +180,22 @@ func (s *Server) AddReplica(ctx context.Context, rawURL string) error {
 	return s.addReplica(ctx, &messages.Registration{URL: u, Role: messages.Hybrid})
 }
 
-// probeModels asks a replica for its model list: unreachable, failing or empty → 502.
-func (s *Server) probeModels(ctx context.Context, base string) (map[string]bool, error) {
+// probeModels asks a replica for its model list: unreachable, failing or empty → 502. answered
+// reports whether the replica gave an HTTP answer at all.
+func (s *Server) probeModels(ctx context.Context, base string) (served map[string]bool, answered bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/models", nil)
 	if err != nil {
-		return nil, errorf(http.StatusBadRequest, "invalid replica URL: "+err.Error())
+		return nil, false, errorf(http.StatusBadRequest, "invalid replica URL: "+err.Error())
 	}
 	resp, err := s.admin.Do(req)
 	if err != nil {
-		return nil, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
+		return nil, false, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, errorf(http.StatusBadGateway, fmt.Sprintf("%s/v1/models answered HTTP %d", base, resp.StatusCode))
+		return nil, true, errorf(http.StatusBadGateway, fmt.Sprintf("%s/v1/models answered HTTP %d", base, resp.StatusCode))
 	}
 	var list struct {
 		Data []struct {
@@ -193,18 +203,18 @@ func (s *Server) probeModels(ctx context.Context, base string) (map[string]bool,
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&list); err != nil {
-		return nil, errorf(http.StatusBadGateway, base+"/v1/models is not an OpenAI model list: "+err.Error())
+		return nil, true, errorf(http.StatusBadGateway, base+"/v1/models is not an OpenAI model list: "+err.Error())
 	}
-	served := map[string]bool{}
+	served = map[string]bool{}
 	for _, m := range list.Data {
 		if m.ID != "" {
 			served[m.ID] = true
 		}
 	}
 	if len(served) == 0 {
-		return nil, errorf(http.StatusBadGateway, base+" serves no model")
+		return nil, true, errorf(http.StatusBadGateway, base+" serves no model")
 	}
-	return served, nil
+	return served, true, nil
 }
 
 // maxAdminBody caps admin bodies below --max-body: a registration is a few hundred bytes, and the

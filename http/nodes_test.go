@@ -2,12 +2,16 @@ package http_test
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/lmproxy/lmproxy/actors"
 	lmhttp "github.com/lmproxy/lmproxy/http"
 	"github.com/lmproxy/lmproxy/messages"
 	"github.com/lmproxy/lmproxy/proxytest"
@@ -248,4 +252,33 @@ func mustJSON(t testing.TB, v any) string {
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// LMDeploy's api_server registers from its start-up hook, before it listens, and never again: a
+// registration that declares its models is kept although the probe cannot connect, not routed to
+// until the replica answers its health probe, which comes every second until then (not every
+// --health-interval).
+func TestNodesAddBeforeTheReplicaListens(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{Actors: actors.Config{HealthInterval: time.Hour}})
+	url := proxytest.DeadAddr(t)
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+url+`", "status": {"models": ["m1"], "role": 1}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.JSONEq(t, `"Added successfully"`, string(body))
+	st := p.Status(t)
+	require.Len(t, st, 1)
+	require.Equal(t, []string{"m1"}, st[0].Models)
+	require.NotEqual(t, messages.HealthHealthy, st[0].Health, "not routable before it answers")
+	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"})
+	require.Equal(t, http.StatusServiceUnavailable, code, string(body))
+
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
+	require.NoError(t, err)
+	n, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	proxytest.StartReplica(t, proxytest.ReplicaConfig{Port: n, Models: []string{"m1"}})
+	require.Eventually(t, func() bool { return p.Status(t)[0].Health == messages.HealthHealthy }, 5*time.Second, 10*time.Millisecond,
+		"routable once it answers, long before the health interval")
+	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	require.EqualValues(t, 0, p.Status(t)[0].Unfinished)
 }

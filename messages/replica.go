@@ -5,7 +5,7 @@ type Health string
 
 // The health states. Only Healthy is routable.
 const (
-	HealthUnknown      Health = "unknown"      // registered from the state file, not probed yet
+	HealthUnknown      Health = "unknown"      // registered (from the state file, or before it listened), not heard from yet
 	HealthHealthy      Health = "healthy"      // serving
 	HealthSleeping     Health = "sleeping"     // serving nothing now (LMDeploy sleep mode); kept, not routed to
 	HealthInitializing Health = "initializing" // starting up; neither routed to nor counted as a failure
