@@ -1,10 +1,12 @@
 package http
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/tidwall/gjson"
 )
 
 // The prefill answer's id names the session that keeps the KV cache only when it is a decimal
@@ -78,4 +80,26 @@ func TestNewDistServeRefusesABadConfig(t *testing.T) {
 	require.Panics(t, func() { newDistServe(&DistServeConfig{}) }, "no link manager")
 	_, err := NewLinkIO(&DistServeConfig{MigrationProtocol: "nvlink"}, nil)
 	require.NoError(t, err, "names are case-insensitive")
+}
+
+// A client's duplicated key is read by the replica's parser last-wins (and by the proxy's own): each
+// field the proxy sets must be the only one of its name, or a later copy of the client's overrides it.
+func TestSetFieldsReplaceEveryCopy(t *testing.T) {
+	client := []byte(`{"model":"m","messages":"hi","max_tokens":100,"max_tokens":7,"stream":true,"stream":false,` +
+		`"with_cache":false,"with_cache":false,"preserve_cache":false,"max_completion_tokens":9,"max_completion_tokens":8}`)
+	b, err := prefillBody(client, true)
+	require.NoError(t, err)
+	var got map[string]any
+	require.NoError(t, json.Unmarshal(b, &got))
+	require.Equal(t, map[string]any{"model": "m", "messages": "hi", "stream": false, "max_tokens": 1.0,
+		"max_completion_tokens": 1.0, "with_cache": true, "preserve_cache": true}, got)
+	for _, k := range []string{"max_tokens", "max_completion_tokens", "stream", "with_cache", "preserve_cache"} {
+		require.Equal(t, 1, bytes.Count(b, []byte(`"`+k+`"`)), "%s in %s", k, b)
+	}
+
+	b, err = withMigrationRequest([]byte(`{"model":"m","migration_request":{"remote_session_id":5},"migration_request":null}`),
+		migrationRequest{RemoteSessionID: 7})
+	require.NoError(t, err)
+	require.Equal(t, 1, bytes.Count(b, []byte(`"migration_request"`)), string(b))
+	require.Equal(t, int64(7), gjson.GetBytes(b, "migration_request.remote_session_id").Int())
 }

@@ -96,20 +96,36 @@ func prefillFailure(r *http.Request, ctx context.Context, target string, err err
 // LMDeploy's proxy sets max_completion_tokens for chat only; a completion that carries one gets it set
 // too, since it wins over max_tokens and the prefill would otherwise generate the whole answer.
 func prefillBody(body []byte, chat bool) ([]byte, error) {
-	fields := []struct {
-		path  string
-		value any
-	}{{"max_tokens", 1}, {"max_completion_tokens", 1}, {"stream", false}, {"with_cache", true}, {"preserve_cache", true}}
+	fields := []struct{ path, value string }{
+		{"max_tokens", "1"}, {"max_completion_tokens", "1"}, {"stream", "false"}, {"with_cache", "true"}, {"preserve_cache", "true"},
+	}
 	var err error
 	for _, f := range fields {
 		if f.path == "max_completion_tokens" && !chat && !gjson.GetBytes(body, f.path).Exists() {
 			continue
 		}
-		if body, err = sjson.SetBytes(body, f.path, f.value); err != nil {
+		if body, err = setOnly(body, f.path, f.value); err != nil {
 			return nil, err
 		}
 	}
 	return body, nil
+}
+
+// setOnly sets the body's top-level key to the JSON value raw, as the only key of that name: sjson
+// sets the first of a client's duplicated keys, and the replica's parser takes the last, so a later
+// copy would undo the proxy's value.
+func setOnly(body []byte, key, raw string) ([]byte, error) {
+	for gjson.GetBytes(body, key).Exists() {
+		shorter, err := sjson.DeleteBytes(body, key)
+		if err != nil {
+			return nil, err
+		}
+		if len(shorter) >= len(body) {
+			return nil, fmt.Errorf("cannot remove the request's %q", key)
+		}
+		body = shorter
+	}
+	return sjson.SetRawBytes(body, key, []byte(raw))
 }
 
 // parsePrefillAnswer reads the session, blocks and last token of a prefill answer. Missing blocks or

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/tidwall/sjson"
-
 	"github.com/lmproxy/lmproxy/actors"
 	"github.com/lmproxy/lmproxy/messages"
 )
@@ -162,5 +160,5 @@ func withMigrationRequest(body []byte, mr migrationRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sjson.SetRawBytes(body, "migration_request", raw)
+	return setOnly(body, "migration_request", string(raw))
 }
