@@ -159,9 +159,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	t := track(w)
 	ctx, cancel := s.upstreamContext(r.Context())
 	defer cancel()
-	var set [4]header
-	out := replicaRequest{method: r.Method, target: target, uri: r.URL.RequestURI(), client: r,
-		set: forwardedHeaders(set[:0], r, t.id), body: body}
+	var set [5]header
+	hs := forwardedHeaders(set[:0], r, t.id)
+	if len(body) > 0 && len(r.Header["Content-Type"]) == 0 {
+		// Taken as JSON without one, as LMDeploy's proxy takes it; its api_server refuses a request
+		// to a JSON endpoint that names none.
+		hs = append(hs, header{"Content-Type", "application/json"})
+	}
+	out := replicaRequest{method: r.Method, target: target, uri: r.URL.RequestURI(), client: r, set: hs, body: body}
 	resp, err := s.upstream.RoundTrip(ctx, &out)
 	if err != nil {
 		return s.failedExchange(w, r, ctx, err)

@@ -422,3 +422,22 @@ func TestLongNonStreamAnswerCutBreaksTheConnection(t *testing.T) {
 	require.JSONEq(t, `{"whole":true}`, string(body))
 	p.WaitIdle(t, 2*time.Second)
 }
+
+// A request without Content-Type is taken as JSON (as LMDeploy's proxy takes it) and reaches the
+// replica as application/json: LMDeploy's api_server refuses a JSON endpoint's request without one.
+// A client's own Content-Type goes as it came.
+func TestForwardWithoutContentType(t *testing.T) {
+	up := startFixedUpstream(t, http.StatusOK, "application/json", []byte(`{}`))
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, up.URL)
+
+	code, _, body := do(t, http.MethodPost, p.URL+"/v1/chat/completions", "", []byte(`{"model":"fixed"}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	_, got := up.last(t)
+	require.Equal(t, []string{"application/json"}, got.Values("Content-Type"))
+
+	code, _, body = do(t, http.MethodPost, p.URL+"/v1/chat/completions", "application/json; charset=utf-8", []byte(`{"model":"fixed"}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	_, got = up.last(t)
+	require.Equal(t, []string{"application/json; charset=utf-8"}, got.Values("Content-Type"))
+}
