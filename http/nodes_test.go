@@ -282,3 +282,27 @@ func TestNodesAddBeforeTheReplicaListens(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, string(body))
 	require.EqualValues(t, 0, p.Status(t)[0].Unfinished)
 }
+
+// A 405 names the methods the route serves (RFC 9110 §15.5.6), in the body group of its path.
+func TestWrongMethodNamesTheAllowedOnes(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	cases := []struct{ method, path, allow string }{
+		{http.MethodGet, "/v1/chat/completions", "POST"},
+		{http.MethodGet, "/v1/embeddings", "POST"},
+		{http.MethodDelete, "/v1/models", "GET, HEAD"},
+		{http.MethodPost, "/v1/models/m1", "GET, HEAD"},
+		{http.MethodGet, "/nodes/add", "POST"},
+		{http.MethodPost, "/nodes/status", "GET"},
+		{http.MethodPost, "/health", "GET"},
+	}
+	for _, c := range cases {
+		code, h, body := do(t, c.method, p.URL+c.path, "application/json", []byte(`{"model":"m1"}`))
+		require.Equal(t, http.StatusMethodNotAllowed, code, "%s %s: %s", c.method, c.path, body)
+		require.Equal(t, c.allow, h.Get("Allow"), "%s %s", c.method, c.path)
+		if strings.HasPrefix(c.path, "/v1/") {
+			require.Equal(t, "invalid_request_error", decode(t, body)["type"], "%s %s: %s", c.method, c.path, body)
+		} else {
+			require.NotEmpty(t, decode(t, body)["detail"], "%s %s: %s", c.method, c.path, body)
+		}
+	}
+}

@@ -1,19 +1,32 @@
 package http
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"slices"
+	"strings"
+
+	"github.com/gorilla/mux"
 
 	"github.com/lmproxy/lmproxy/messages"
 )
 
 // registerOpenAIRoutes adds the OpenAI-compatible routes under /v1.
 func (s *Server) registerOpenAIRoutes() {
-	s.router.HandleFunc("/v1/models", s.handleModels)
+	s.router.HandleFunc("/v1/models", s.handleModels).Methods(http.MethodGet, http.MethodHead)
+	s.router.HandleFunc("/v1/models/{model:.+}", s.handleModel).Methods(http.MethodGet, http.MethodHead)
 	s.router.HandleFunc("/v1/chat/completions", s.handleInference).Methods(http.MethodPost)
 	s.router.HandleFunc("/v1/completions", s.handleInference).Methods(http.MethodPost)
-	s.router.HandleFunc("/v1/{path:.+}", s.handleInference).Methods(http.MethodPost)
+	// notModels comes first: gorilla/mux forgets an earlier route's method mismatch once a later
+	// route's path matches, and a POST to a model route would be a 404 instead of a 405.
+	s.router.NewRoute().MatcherFunc(notModels).Path("/v1/{path:.+}").Methods(http.MethodPost).HandlerFunc(s.handleInference)
+}
+
+// notModels keeps the catch-all inference route off the model routes, so that a POST there is a
+// 405 rather than a request forwarded to a replica.
+func notModels(r *http.Request, _ *mux.RouteMatch) bool {
+	return r.URL.Path != "/v1/models" && !strings.HasPrefix(r.URL.Path, "/v1/models/")
 }
 
 // model is one entry of the OpenAI model list.
@@ -29,15 +42,39 @@ type model struct {
 
 // handleModels answers GET /v1/models: every model served by at least one routable replica, once.
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path))
+	ids, err := s.routableModels(r.Context())
+	if err != nil {
+		writeError(w, r, err)
 		return
 	}
-	replicas, err := s.reg.Status(r.Context(), false)
+	data := make([]model, len(ids))
+	for i, id := range ids {
+		data[i] = s.model(id)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+// handleModel answers GET /v1/models/{model} (the OpenAI SDKs' models.retrieve): the model's entry
+// of the list, or 404 when no routable replica serves it.
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["model"]
+	ids, err := s.routableModels(r.Context())
 	if err != nil {
-		writeError(w, r, errorf(http.StatusServiceUnavailable, err.Error()))
+		writeError(w, r, err)
 		return
+	}
+	if _, found := slices.BinarySearch(ids, id); !found {
+		writeError(w, r, errorf(http.StatusNotFound, "the model `"+id+"` does not exist"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.model(id))
+}
+
+// routableModels are the models served by at least one routable replica, sorted, each once.
+func (s *Server) routableModels(ctx context.Context) ([]string, error) {
+	replicas, err := s.reg.Status(ctx, false)
+	if err != nil {
+		return nil, errorf(http.StatusServiceUnavailable, err.Error())
 	}
 	var ids []string
 	for _, rs := range replicas {
@@ -46,12 +83,12 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	data := make([]model, len(ids))
-	for i, id := range ids {
-		data[i] = model{ID: id, Object: "model", Created: s.started.Unix(), OwnedBy: "lmproxy", Root: id, Permission: []string{}}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+	return slices.Compact(ids), nil
+}
+
+// model is the list entry of the model id.
+func (s *Server) model(id string) model {
+	return model{ID: id, Object: "model", Created: s.started.Unix(), OwnedBy: "lmproxy", Root: id, Permission: []string{}}
 }
 
 // handleInference answers POST /v1/chat/completions, /v1/completions and any other POST /v1/<path>

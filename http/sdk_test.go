@@ -110,3 +110,25 @@ func TestOpenAISDKCompletionsAndModels(t *testing.T) {
 	require.Equal(t, "tok tok tok", text.String())
 	p.WaitIdle(t, 2*time.Second)
 }
+
+// client.Models.Get (GET /v1/models/{model}) answers a model that a routable replica serves, a name
+// with a slash included, and 404 with OpenAI's error for one no replica serves.
+func TestOpenAISDKRetrievesAModel(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{Models: []string{"m1", "org/m2"}})
+	client := newSDK(t, p.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, id := range []string{"m1", "org/m2"} {
+		m, err := client.Models.Get(ctx, id)
+		require.NoError(t, err, id)
+		require.Equal(t, id, m.ID)
+		require.EqualValues(t, "model", m.Object)
+		require.NotZero(t, m.Created)
+	}
+	_, err := client.Models.Get(ctx, "m3")
+	var apiErr *openai.Error
+	require.True(t, errors.As(err, &apiErr), "got %T: %v", err, err)
+	require.Equal(t, http.StatusNotFound, apiErr.StatusCode)
+	require.Equal(t, "not_found_error", apiErr.Type)
+	require.Contains(t, apiErr.Message, "m3")
+}

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -110,6 +112,7 @@ func New(cfg Config, reg *actors.Registry) *Server {
 		writeError(w, r, errorf(http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path))
 	})
 	s.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", s.allowedMethods(r))
 		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path))
 	})
 	s.registerOpenAIRoutes()
@@ -122,6 +125,21 @@ func New(cfg Config, reg *actors.Registry) *Server {
 	}
 	s.router.Use(routeLabel)
 	return s
+}
+
+// allowedMethods lists the methods of the routes whose path r's matches, for a 405's Allow header.
+func (s *Server) allowedMethods(r *http.Request) string {
+	var allowed []string
+	s.router.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
+		var m mux.RouteMatch
+		if route.Match(r, &m) || m.MatchErr == mux.ErrMethodMismatch {
+			methods, _ := route.GetMethods()
+			allowed = append(allowed, methods...)
+		}
+		return nil
+	})
+	slices.Sort(allowed)
+	return strings.Join(slices.Compact(allowed), ", ")
 }
 
 // Handler is the server's whole HTTP handler, for tests and embedding.
