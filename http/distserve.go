@@ -16,6 +16,8 @@ type DistServeConfig struct {
 	MigrationProtocol string // TCP, RDMA (default) or NVLINK
 	LinkType          string // RoCE (default) or IB
 	DummyPrefill      bool
+	// DisableGDR asks for RDMA links without GPU Direct RDMA (with_gdr false in p2p_initialize).
+	DisableGDR bool
 	// Links is the DistServe link manager: actors.SpawnLinks over NewLinkIO(this config). Required.
 	Links *actors.Links
 }

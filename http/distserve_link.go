@@ -21,19 +21,20 @@ const maxLinkAnswer = 1 << 20
 
 // NewLinkIO returns the network side of the DistServe link actors: the /distserve/* calls of
 // LMDeploy's proxy (lmdeploy/pytorch/disagg/conn/proxy_conn.py), sent through client with cfg's
-// migration protocol and RDMA link type. It fails on a protocol or link type it does not know.
+// migration protocol, RDMA link type and GPU Direct RDMA setting. It fails on a protocol or link type it does not know.
 func NewLinkIO(cfg *DistServeConfig, client *http.Client) (actors.LinkIO, error) {
 	protocol, linkType, err := parseDistServe(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &linkIO{client: client, protocol: protocol, linkType: linkType}, nil
+	return &linkIO{client: client, protocol: protocol, linkType: linkType, withGDR: !cfg.DisableGDR}, nil
 }
 
 type linkIO struct {
 	client   *http.Client
 	protocol messages.MigrationProtocol
 	linkType messages.RDMALinkType
+	withGDR  bool
 }
 
 // initRequest is LMDeploy's DistServeInitRequest. Engine configs and endpoints pass through as the
@@ -50,7 +51,8 @@ type initRequest struct {
 	NVLinkConfig       *struct{}                  `json:"nvlink_config"`
 }
 
-// rdmaConfig is LMDeploy's DistServeRDMAConfig; its proxy always asks for GPU Direct RDMA.
+// rdmaConfig is LMDeploy's DistServeRDMAConfig. GPU Direct RDMA is on unless --disable-gdr (LMDeploy's
+// proxy accepts that flag but always sends true).
 type rdmaConfig struct {
 	WithGDR  bool                  `json:"with_gdr"`
 	LinkType messages.RDMALinkType `json:"link_type"`
@@ -118,7 +120,7 @@ func (l *linkIO) initialize(ctx context.Context, local string, localInfo json.Ra
 	req := initRequest{LocalEngineID: local, LocalEngineConfig: localInfo, RemoteEngineID: remote,
 		RemoteEngineConfig: remoteInfo, Protocol: l.protocol}
 	if l.protocol == messages.RDMA {
-		req.RDMAConfig = &rdmaConfig{WithGDR: true, LinkType: l.linkType}
+		req.RDMAConfig = &rdmaConfig{WithGDR: l.withGDR, LinkType: l.linkType}
 	}
 	url := local + "/distserve/p2p_initialize"
 	b, err := l.call(ctx, http.MethodPost, url, req)

@@ -186,6 +186,19 @@ func TestDistServeMigrationProtocols(t *testing.T) {
 	}
 }
 
+// --disable-gdr asks the replicas for an RDMA link without GPU Direct RDMA: with_gdr is false in
+// both p2p_initialize calls.
+func TestDistServeDisableGDR(t *testing.T) {
+	p, pre, dec := startDistServe(t, lmhttp.DistServeConfig{DisableGDR: true})
+	code, _, b := postJSON(t, p.URL+"/v1/completions", map[string]any{"model": "sim-model", "prompt": "hi"})
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	for _, rep := range []*proxytest.Replica{pre, dec} {
+		init := jsonMap(t, onlyRequest(t, rep, "/distserve/p2p_initialize").Body)
+		require.Equal(t, map[string]any{"with_gdr": false, "link_type": 2.0}, init["rdma_config"])
+	}
+	p.WaitIdle(t, 2*time.Second)
+}
+
 // Twenty first requests on a new pair at once connect it once: one engine_info, p2p_initialize and
 // p2p_connect on each replica, with LMDeploy's request shapes.
 func TestDistServeConnectsEachPairOnce(t *testing.T) {

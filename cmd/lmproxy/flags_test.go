@@ -185,6 +185,23 @@ func TestAliasesAndWordFlags(t *testing.T) {
 	require.Equal(t, "IB", o.linkType)
 }
 
+// Every flag of `lmdeploy serve proxy` (lmdeploy/cli/serve.py) is taken as LMDeploy spells it, so
+// a command line written for it keeps working.
+func TestEveryLMDeployProxyFlagIsAccepted(t *testing.T) {
+	o := parseServe(t, "--server-name", "127.0.0.1", "--server-port", "8080", "--serving-strategy", "DistServe",
+		"--dummy-prefill", "--routing-strategy", "random", "--disable-cache-status", "--migration-protocol", "RDMA",
+		"--link-type", "IB", "--disable-gdr", "--api-keys", "k1", "k2", "--ssl", "--log-level", "CRITICAL")
+	require.True(t, o.dummyPrefill)
+	require.True(t, o.disableCacheStatus)
+	require.True(t, o.disableGDR)
+	require.True(t, o.ssl)
+	require.Equal(t, []string{"k1", "k2"}, o.apiKeys)
+
+	require.False(t, parseServe(t).disableGDR)
+	t.Setenv("LMPROXY_DISABLE_GDR", "1")
+	require.True(t, parseServe(t).disableGDR)
+}
+
 func TestListFlagsSplitAndRepeat(t *testing.T) {
 	o := parseServe(t, "--api-keys", "a, b", "--api-keys=c", "--nodes", "http://h:1/,https://h:2")
 	require.Equal(t, []string{"a", "b", "c"}, o.apiKeys)

@@ -50,6 +50,7 @@ type serveOptions struct {
 	migrationProtocol  string
 	linkType           string
 	dummyPrefill       bool
+	disableGDR         bool
 	shutdownTimeout    time.Duration
 }
 
@@ -101,6 +102,7 @@ func newServeOptions() (*serveOptions, *flagSet) {
 		"TCP, RDMA or NVLINK: how DistServe moves the KV cache")
 	s.add(enumValue{p: &o.linkType, choices: []string{"RoCE", "IB"}}, "link-type", "NAME", "RoCE or IB: DistServe's RDMA link")
 	s.add(boolValue{&o.dummyPrefill}, "dummy-prefill", "", "DistServe without a prefill phase")
+	s.add(boolValue{&o.disableGDR}, "disable-gdr", "", "DistServe RDMA links without GPU Direct RDMA (with_gdr false in p2p_initialize)")
 	s.add(durationValue{p: &o.shutdownTimeout}, "shutdown-timeout", "DURATION", "on SIGINT/SIGTERM, how long running requests and streams\n"+
 		"may go on before they are cut")
 	return o, s
@@ -172,7 +174,8 @@ func (o *serveOptions) configs(log logrus.FieldLogger, tlsCfg *tls.Config) (lmht
 		TLS:          tlsCfg, Log: log,
 	}
 	if o.servingStrategy == "DistServe" {
-		hc.DistServe = &lmhttp.DistServeConfig{MigrationProtocol: o.migrationProtocol, LinkType: o.linkType, DummyPrefill: o.dummyPrefill}
+		hc.DistServe = &lmhttp.DistServeConfig{MigrationProtocol: o.migrationProtocol, LinkType: o.linkType,
+			DummyPrefill: o.dummyPrefill, DisableGDR: o.disableGDR}
 	}
 	ac := actors.Config{
 		Strategy: strategy, HealthInterval: o.healthInterval, HealthTimeout: o.healthTimeout,

@@ -121,9 +121,10 @@ func TestServeConfigsMapTheFlags(t *testing.T) {
 	require.Equal(t, 2*time.Second, ac.HealthTimeout)
 	require.Equal(t, 4, ac.HealthFailures)
 
-	o = parseServe(t, "--serving-strategy", "DistServe", "--migration-protocol", "TCP", "--link-type", "IB", "--dummy-prefill")
+	o = parseServe(t, "--serving-strategy", "DistServe", "--migration-protocol", "TCP", "--link-type", "IB", "--dummy-prefill",
+		"--disable-gdr")
 	hc, _ = o.configs(nil, nil)
-	require.Equal(t, &lmhttp.DistServeConfig{MigrationProtocol: "TCP", LinkType: "IB", DummyPrefill: true}, hc.DistServe)
+	require.Equal(t, &lmhttp.DistServeConfig{MigrationProtocol: "TCP", LinkType: "IB", DummyPrefill: true, DisableGDR: true}, hc.DistServe)
 }
 
 func TestServeTLS(t *testing.T) {
