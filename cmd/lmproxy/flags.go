@@ -37,7 +37,7 @@ type flagDef struct {
 	aliases []string
 	envs    []envVar // LMDeploy's variables, read after $LMPROXY_<FLAG>
 	given   bool     // set on the command line, under any spelling
-	spaced  bool     // several values may follow it, as LMDeploy's nargs='+' takes them
+	spaced  bool     // any number of values may follow it, as LMDeploy's nargs='*' takes them
 }
 
 // envVar is an environment variable of LMDeploy's (or aiohttp's) that also feeds a flag.
@@ -76,15 +76,16 @@ func (d *flagDef) env(name string, seconds bool) *flagDef {
 	return d
 }
 
-// spacedValues lets the flag take several space-separated values (--api-keys k1 k2), as LMDeploy's
-// flags with nargs='+' do, besides its own comma-separated form.
+// spacedValues lets the flag take several space-separated values (--api-keys k1 k2), or none, as
+// LMDeploy's flags with nargs='*' do, besides its own comma-separated form.
 func (d *flagDef) spacedValues() *flagDef {
 	d.spaced = true
 	return d
 }
 
 // joinSpaced rewrites "--name v1 v2" for a spaced flag as "--name=v1,v2", so that the flag package,
-// which stops at the first argument that is not a flag, reads every value.
+// which stops at the first argument that is not a flag, reads every value; "--name" with no value
+// becomes "--name=", the empty list, rather than taking the next flag as its value.
 func (s *flagSet) joinSpaced(args []string) []string {
 	out := make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {
@@ -99,10 +100,6 @@ func (s *flagSet) joinSpaced(args []string) []string {
 		j := i + 1
 		for j < len(args) && !strings.HasPrefix(args[j], "-") {
 			j++
-		}
-		if j == i+1 {
-			out = append(out, args[i]) // no value: the flag package says so
-			continue
 		}
 		out = append(out, "--"+name+"="+strings.Join(args[i+1:j], ","))
 		i = j - 1

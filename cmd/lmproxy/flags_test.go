@@ -213,7 +213,7 @@ func TestListFlagsSplitAndRepeat(t *testing.T) {
 	require.Equal(t, []string{"a", "b", "c"}, r.models, "the first value replaces the default")
 }
 
-// LMDeploy's proxy takes its API keys space-separated (nargs='+'): a command line written for it
+// LMDeploy's proxy takes its API keys space-separated (nargs='*'): a command line written for it
 // keeps working, and a positional argument anywhere else is still refused.
 func TestAPIKeysSpaceSeparatedAsLMDeployTakesThem(t *testing.T) {
 	o := parseServe(t, "--api-keys", "k1", "k2", "--port", "8080", "-api-keys", "k3")
@@ -225,6 +225,17 @@ func TestAPIKeysSpaceSeparatedAsLMDeployTakesThem(t *testing.T) {
 	_, s = newServeOptions()
 	require.ErrorContains(t, s.parse([]string{"--api-keys=k1", "k2"}), `unexpected argument "k2"`,
 		"only the spaced form takes several values, as argparse's does")
+}
+
+// argparse's nargs='*' takes --api-keys with no value at all (LMDeploy then guards nothing), as a
+// script's `--api-keys $KEYS` with $KEYS empty writes it.
+func TestAPIKeysWithoutValueAsLMDeployTakesIt(t *testing.T) {
+	o := parseServe(t, "--api-keys", "--port", "8080")
+	require.Empty(t, o.apiKeys)
+	require.Equal(t, 8080, o.port)
+
+	t.Setenv("LMPROXY_API_KEYS", "env-key")
+	require.Empty(t, parseServe(t, "--api-keys").apiKeys, "the flag, though empty, beats the environment")
 }
 
 func TestParseSize(t *testing.T) {
