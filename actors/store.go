@@ -154,11 +154,7 @@ func (s *Store) writePending() {
 // never a mix: a temp file in the same directory (rename is atomic only within one file system),
 // fsynced before the rename.
 func writeAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*") // created 0600
+	f, err := createTemp(path)
 	if err != nil {
 		return err
 	}
@@ -180,8 +176,34 @@ func writeAtomic(path string, data []byte) (err error) {
 	if err = os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	syncDir(dir)
+	syncDir(filepath.Dir(path))
 	return nil
+}
+
+// createTemp creates, 0600, the temp file that writeAtomic renames to path, and path's directory
+// (0700: the file names internal hosts) if it is missing.
+func createTemp(path string) (*os.File, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+}
+
+// CheckStateFile reports whether the state file at path could be written, so that a bad path is
+// refused at start rather than at the registry's first change: path is not a directory, and a temp
+// file can be created next to it (its directory is created if missing) and is removed at once. An
+// existing state file is left as it is.
+func CheckStateFile(path string) error {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("%s is a directory", path)
+	}
+	f, err := createTemp(path)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 // syncDir makes the rename itself durable. Some file systems refuse to fsync a directory; the file is

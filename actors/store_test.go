@@ -117,6 +117,32 @@ func TestStoreLoadMissingFile(t *testing.T) {
 	require.Empty(t, entries)
 }
 
+// TestCheckStateFile: a state file that can be written passes, its missing directory created 0700,
+// and the check leaves no trace: an existing file keeps its bytes and no temp file stays behind. A
+// parent that is a file, or a path that is a directory, fails and names the path.
+func TestCheckStateFile(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "registry.json")
+	require.NoError(t, os.WriteFile(existing, []byte("not even JSON"), 0o600))
+	require.NoError(t, actors.CheckStateFile(existing))
+	got, err := os.ReadFile(existing)
+	require.NoError(t, err)
+	require.Equal(t, "not even JSON", string(got))
+	requireOnlyFile(t, dir, "registry.json")
+
+	nested := filepath.Join(dir, "state", "lmproxy", "registry.json")
+	require.NoError(t, actors.CheckStateFile(nested))
+	st, err := os.Stat(filepath.Dir(nested))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), st.Mode().Perm())
+	entries, err := os.ReadDir(filepath.Dir(nested))
+	require.NoError(t, err)
+	require.Empty(t, entries, "the check's temp file is removed")
+
+	require.ErrorContains(t, actors.CheckStateFile(filepath.Join(existing, "registry.json")), existing)
+	require.ErrorContains(t, actors.CheckStateFile(dir), "is a directory")
+}
+
 // heldWriter is a store writer that blocks its first write until released and records every write.
 type heldWriter struct {
 	entered chan struct{}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -262,4 +264,36 @@ func TestSpacedValuesOnlyWhereFlagsAre(t *testing.T) {
 	require.ErrorContains(t, s.parse([]string{"--port", "8080", "--", "--api-keys", "k1"}), `unexpected argument "--api-keys"`)
 	_, s = newServeOptions()
 	require.ErrorContains(t, s.parse([]string{"---api-keys", "k1"}), "---api-keys")
+}
+
+// A state file that cannot be written is a bad --state-file, reported before anything listens
+// rather than at the registry's first change; --disable-cache-status keeps no file and checks none.
+func TestServeUnwritableStateFileExits2NamingTheFlag(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "not-a-dir")
+	require.NoError(t, os.WriteFile(blocker, nil, 0o600))
+	listen := []string{"--host", "127.0.0.1", "--port", "0"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"parent is a file", []string{"--state-file", filepath.Join(blocker, "registry.json")}, ""},
+		{"path is a directory", []string{"--state-file", dir}, ""},
+		{"from the environment", nil, filepath.Join(blocker, "registry.json")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("LMPROXY_STATE_FILE", tc.env)
+			var stdout, stderr bytes.Buffer
+			require.Equal(t, 2, runServe(ctx, append(tc.args, listen...), &stdout, &stderr), stderr.String())
+			requireOneLine(t, stderr.String(), "lmproxy serve: invalid value")
+			require.Contains(t, stderr.String(), "for --state-file")
+			require.Empty(t, stdout.String())
+		})
+	}
+	var stdout, stderr bytes.Buffer
+	args := append([]string{"--state-file", filepath.Join(blocker, "registry.json"), "--disable-cache-status"}, listen...)
+	require.Equal(t, 0, runServe(ctx, args, &stdout, &stderr), stderr.String())
 }

@@ -83,7 +83,8 @@ func newServeOptions() (*serveOptions, *flagSet) {
 	s.add(&listValue{p: &o.nodes, check: checkURL}, "nodes", "URLS", "comma-separated replica URLs registered at start as POST /nodes/add\n"+
 		"would; one that does not answer yet is retried in the background until it does,\n"+
 		"so replicas may start after the proxy")
-	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts")
+	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts; its directory\n"+
+		"is created if missing, and a path where no file can be written is refused at start")
 	s.add(boolValue{&o.disableCacheStatus}, "disable-cache-status", "", "do not keep the registry in --state-file")
 	s.add(durationValue{&o.healthInterval, true}, "health-interval", "DURATION", "time between two health probes of one replica").
 		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true)
@@ -116,6 +117,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	tlsCfg, err := o.tlsConfig()
 	if err != nil {
+		return s.exit(err, stdout, stderr)
+	}
+	if err := o.checkStateFile(); err != nil {
 		return s.exit(err, stdout, stderr)
 	}
 	// The access log's lines wait up to accessLogInterval to go out in batches; every other line
@@ -193,6 +197,18 @@ func (o *serveOptions) persistedTo() string {
 		return ""
 	}
 	return o.stateFile
+}
+
+// checkStateFile refuses a --state-file that could not be written, before anything listens (SPEC
+// §3): otherwise the proxy would serve and only fail, in its log, at the registry's first change.
+func (o *serveOptions) checkStateFile() error {
+	if o.persistedTo() == "" {
+		return nil
+	}
+	if err := actors.CheckStateFile(o.stateFile); err != nil {
+		return fmt.Errorf("invalid value %q for --state-file: cannot write there: %w", o.stateFile, err)
+	}
+	return nil
 }
 
 // start builds the proxy and listens; access receives the access log.
