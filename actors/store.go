@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -215,9 +216,11 @@ func syncDir(dir string) {
 	}
 }
 
-// Load reads the state file. A missing file is an empty registry. A corrupt one is reported, moved
-// aside next to it with its bytes intact, and read as empty, so the proxy starts rather than refusing
-// to; only an unreadable file, or a corrupt one that cannot be moved aside, is an error.
+// Load reads the state file. A missing file is an empty registry, and so is an empty one (only
+// whitespace): LMDeploy's proxy skips an empty proxy_config.json, and an operator may clear the
+// registry by truncating the file; it is overwritten at the next change. A corrupt one is reported,
+// moved aside next to it with its bytes intact, and read as empty, so the proxy starts rather than
+// refusing to; only an unreadable file, or a corrupt one that cannot be moved aside, is an error.
 func (s *Store) Load() ([]messages.Registration, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -225,6 +228,9 @@ func (s *Store) Load() ([]messages.Registration, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state file: %w", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
 	}
 	regs, err := decodeState(data)
 	if err == nil {

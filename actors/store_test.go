@@ -143,6 +143,26 @@ func TestCheckStateFile(t *testing.T) {
 	require.ErrorContains(t, actors.CheckStateFile(dir), "is a directory")
 }
 
+// TestStoreEmptyFileIsNoRegistrations: an empty or whitespace-only state file (one touched by hand or
+// truncated by a tool) is an empty registry, as LMDeploy's proxy reads an empty proxy_config.json:
+// no warning, and the file stays where it is until the next change overwrites it.
+func TestStoreEmptyFileIsNoRegistrations(t *testing.T) {
+	for name, content := range map[string]string{"empty": "", "whitespace": " \n\t\r\n"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "registry.json")
+			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+			require.Empty(t, mustLoad(t, path))
+			requireOnlyFile(t, dir, "registry.json")
+
+			s, _ := openStore(t, path)
+			s.Save(snapshot(1, 1))
+			mustFlush(t, s)
+			require.Equal(t, snapshot(1, 1), mustLoad(t, path))
+		})
+	}
+}
+
 // heldWriter is a store writer that blocks its first write until released and records every write.
 type heldWriter struct {
 	entered chan struct{}
@@ -266,7 +286,6 @@ func TestStoreCorruptFileMovedAside(t *testing.T) {
 		return `{"version": 1, "replicas": [` + fmt.Sprintf(entry, url, models, role, speed) + `]}`
 	}
 	cases := map[string]string{
-		"empty":           "",
 		"not JSON":        "nodes:\n  http://a: {}\n",
 		"truncated":       `{"version": 1, "replicas": [{"url": "http://a:1", "mod`,
 		"array":           `[{"url": "http://a:1"}]`,
