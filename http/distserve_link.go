@@ -21,7 +21,8 @@ const maxLinkAnswer = 1 << 20
 
 // NewLinkIO returns the network side of the DistServe link actors: the /distserve/* calls of
 // LMDeploy's proxy (lmdeploy/pytorch/disagg/conn/proxy_conn.py), sent through client with cfg's
-// migration protocol, RDMA link type and GPU Direct RDMA setting. It fails on a protocol or link type it does not know.
+// migration protocol, RDMA link type and GPU Direct RDMA setting. It fails on a protocol or link
+// type it does not know.
 func NewLinkIO(cfg *DistServeConfig, client *http.Client) (actors.LinkIO, error) {
 	protocol, linkType, err := parseDistServe(cfg)
 	if err != nil {
