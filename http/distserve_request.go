@@ -2,7 +2,6 @@ package http
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -54,7 +53,7 @@ func (s *Server) serveDistServe(w http.ResponseWriter, r *http.Request, body []b
 	}
 	a, err := s.acquirePair(w, r, f.model)
 	if err != nil {
-		s.failDistServe(w, r, err)
+		failRequest(w, r, err)
 		return
 	}
 	decode := &heldLease{reg: s.reg, lease: a.Decode, start: time.Now()}
@@ -70,7 +69,7 @@ func (s *Server) serveDistServe(w http.ResponseWriter, r *http.Request, body []b
 		}
 		if err != nil {
 			decode.release(unusedOutcome(r))
-			s.failDistServe(w, r, err)
+			failRequest(w, r, err)
 			return
 		}
 		defer func() { s.ds.links.Unshelve(pair, info.session, ended) }()
@@ -89,15 +88,12 @@ func (s *Server) decodePhase(w http.ResponseWriter, r *http.Request, decode *hel
 		writeError(w, r, err)
 		return messages.Unused
 	}
-	res := s.forwardLeased(w, r, decode.handOver(), b)
-	if res.abort {
-		panic(http.ErrAbortHandler)
-	}
-	if res.dialErr != nil {
-		writeError(w, r, errorf(http.StatusBadGateway, "cannot reach the Decode replica "+decode.lease.URL+": "+res.dialErr.Error()))
+	o, err := s.forwardLeased(w, r, decode.handOver(), b)
+	if err != nil {
+		writeError(w, r, errorf(http.StatusBadGateway, "cannot reach the Decode replica "+decode.lease.URL+": "+err.Error()))
 		return messages.Unused
 	}
-	return res.outcome
+	return o
 }
 
 // acquirePair asks the registry for the Prefill and Decode replicas of one request (only the Decode
@@ -135,15 +131,6 @@ func (s *Server) link(w http.ResponseWriter, r *http.Request, pair messages.Pair
 	track(w).setOutcome(messages.Unused)
 	return errorf(http.StatusBadGateway, "cannot connect the Prefill replica "+pair.Prefill+
 		" to the Decode replica "+pair.Decode+": "+err.Error())
-}
-
-// failDistServe answers a request that failed before its decode phase; a client that left gets nothing.
-func (s *Server) failDistServe(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, errClientGone) {
-		track(w).setOutcome(messages.ClientGone)
-		return
-	}
-	writeError(w, r, err)
 }
 
 // unusedOutcome is how a lease that was never used ends: neutral either way, named for the logs.

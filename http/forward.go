@@ -100,6 +100,45 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, model string, r
 	return a.Lease, acquireError(a.Status, model, role)
 }
 
+// retryUnreachable runs try on the leased replica and, when that replica could not be reached
+// (DialError: nothing was sent to it, nothing written to the client), once more on another replica
+// of role serving model (SPEC §7). A request that reached a replica is never sent again. Without
+// another replica, the first failure stands. try releases the lease it is given, and returns how
+// the exchange went for the replica and the error to answer with, if it did not answer itself.
+func (s *Server) retryUnreachable(w http.ResponseWriter, r *http.Request, model string, role messages.Role,
+	l messages.Lease, try func(messages.Lease) (messages.Outcome, error)) error {
+	o, err := try(l)
+	if o != messages.DialError {
+		return err
+	}
+	t := track(w)
+	s.log.WithFields(map[string]any{"request_id": t.id, "replica": l.URL}).WithError(err).
+		Warn("replica unreachable; trying another")
+	next, aerr := s.acquire(w, r, model, role, l.URL)
+	switch {
+	case errors.Is(aerr, errClientGone):
+		return aerr
+	case aerr != nil:
+		return err // no other replica
+	}
+	// The retry replaces the failed attempt in the access log and the request metrics, so count that
+	// failure now, or a replica that refuses every connection never shows in them.
+	s.cfg.Metrics.UpstreamError(l.URL, o)
+	t.decided = false
+	_, err = try(next)
+	return err
+}
+
+// failRequest answers a request that failed before a replica answered it; a client that left gets
+// nothing.
+func failRequest(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, errClientGone) {
+		track(w).setOutcome(messages.ClientGone)
+		return
+	}
+	writeError(w, r, err)
+}
+
 // acquireError maps a registry refusal to 404 (model unknown) or 503 (no replica can take it now).
 func acquireError(st messages.AcquireStatus, model string, role messages.Role) error {
 	model = echoModel(model)
@@ -136,21 +175,22 @@ type forwardResult struct {
 }
 
 // forwardLeased forwards the request to the leased replica and releases the lease exactly once,
-// whatever happens, panics included.
-func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (res forwardResult) {
-	res.outcome = messages.Panic
-	start := time.Now()
-	defer func() { s.reg.Release(l, res.outcome, time.Since(start)) }()
+// whatever happens, panics included. It returns how the exchange went for the replica and, when the
+// replica could not be reached, the dial error: then nothing was sent to it and nothing written to
+// the client, who is the caller's to answer. An answer cut after it began cannot be ended cleanly:
+// forwardLeased breaks the client's connection (http.ErrAbortHandler).
+func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (messages.Outcome, error) {
+	outcome, start := messages.Panic, time.Now()
+	defer func() { s.reg.Release(l, outcome, time.Since(start)) }()
 	t := track(w)
-	if t.replica != "" && t.decided {
-		// A retry: this attempt replaces the failed one in the access log and the request metrics, so
-		// count that failure now, or a replica that refuses every connection never shows in them.
-		s.cfg.Metrics.UpstreamError(t.replica, t.outcome)
-	}
 	t.replica = l.URL
-	res = s.forward(w, r, l.URL, body)
-	t.setOutcome(res.outcome)
-	return res
+	res := s.forward(w, r, l.URL, body)
+	outcome = res.outcome
+	t.setOutcome(outcome)
+	if res.abort {
+		panic(http.ErrAbortHandler)
+	}
+	return outcome, res.dialErr
 }
 
 // forward sends body to target and passes the answer back: status, headers and body unchanged, an

@@ -2,7 +2,6 @@ package http
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -109,33 +108,19 @@ func (s *Server) handleInference(w http.ResponseWriter, r *http.Request) {
 	s.serveHybrid(w, r, body, f)
 }
 
-// serveHybrid forwards the request to one replica. A replica that could not be reached at all is
-// left out and the request tried once more on another (nothing reached the first one).
+// serveHybrid forwards the request to one replica, or to another when that one cannot be reached.
 func (s *Server) serveHybrid(w http.ResponseWriter, r *http.Request, body []byte, f requestFields) {
-	var not string
-	for attempt := 0; attempt < 2; attempt++ {
-		l, err := s.acquire(w, r, f.model, messages.Hybrid, not)
-		if err != nil {
-			if errors.Is(err, errClientGone) {
-				track(w).setOutcome(messages.ClientGone)
-				return
+	l, err := s.acquire(w, r, f.model, messages.Hybrid, "")
+	if err == nil {
+		err = s.retryUnreachable(w, r, f.model, messages.Hybrid, l, func(l messages.Lease) (messages.Outcome, error) {
+			o, err := s.forwardLeased(w, r, l, body)
+			if err != nil {
+				err = errorf(http.StatusBadGateway, "cannot reach replica "+l.URL+": "+err.Error())
 			}
-			if not != "" { // the retry found no other replica: report the first failure
-				err = errorf(http.StatusBadGateway, "cannot reach replica "+not)
-			}
-			writeError(w, r, err)
-			return
-		}
-		res := s.forwardLeased(w, r, l, body)
-		if res.abort {
-			panic(http.ErrAbortHandler)
-		}
-		if res.dialErr == nil {
-			return
-		}
-		s.log.WithFields(map[string]any{"request_id": track(w).id, "replica": l.URL}).WithError(res.dialErr).
-			Warn("replica unreachable; trying another")
-		not = l.URL
+			return o, err
+		})
 	}
-	writeError(w, r, errorf(http.StatusBadGateway, "cannot reach replica "+not))
+	if err != nil {
+		failRequest(w, r, err)
+	}
 }

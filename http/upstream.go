@@ -80,7 +80,8 @@ type upConn struct {
 // on another replica.
 type dialError struct{ err error }
 
-func (e *dialError) Error() string { return "cannot reach replica: " + e.err.Error() }
+// Error is the cause alone: the messages that show it say which replica could not be reached.
+func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 // isDialError reports whether err means the request never reached the replica.
