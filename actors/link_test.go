@@ -235,6 +235,25 @@ func TestLinkShelf(t *testing.T) {
 	require.Equal(t, []int64{3, 4, 6, 8, 9}, lio.freed())
 }
 
+// A session whose Decode replica could not be reached moves to the pair of the Decode replica that
+// takes it instead: its cache is not freed by the move, nor by gc when the first Decode replica left
+// before the move, and it ends on its new pair as any session does.
+func TestLinkReshelve(t *testing.T) {
+	lio := newFakeLinkIO()
+	links, stop := startLinks(t, lio, nil)
+	other := messages.Pair{Prefill: pairAB.Prefill, Decode: "http://d2"}
+	links.Shelve(pairAB, 1)
+	links.Shelve(pairAB, 2)
+	links.Reshelve(pairAB, other, 1)
+	links.ReplicaLeft(pairAB.Decode) // 2 is left for gc…
+	links.Reshelve(pairAB, other, 2) // …and taken back
+	require.Equal(t, messages.GarbageCollected{}, collect(t, links), "nothing is left for gc")
+	links.Unshelve(other, 1, messages.OK)
+	links.Unshelve(other, 2, messages.Unused) // freed now
+	stop()
+	require.Equal(t, []int64{2}, lio.freed())
+}
+
 // gc forgets the sessions it could not free, and says which.
 func TestLinkGCReportsFailedFrees(t *testing.T) {
 	lio := newFakeLinkIO()

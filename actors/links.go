@@ -127,6 +127,8 @@ func (m *linkManager) Receive(c *actor.Context) {
 		c.Send(m.link(c, msg.Pair), msg)
 	case messages.Shelve:
 		m.st.shelf.add(msg.Pair, msg.Session)
+	case messages.Reshelve:
+		m.reshelve(msg)
 	case messages.Unshelve:
 		m.unshelve(msg)
 	case messages.ReplicaLeft:
@@ -147,6 +149,14 @@ func (m *linkManager) link(c *actor.Context, p messages.Pair) *actor.PID {
 			actor.WithMiddleware(recoverMiddleware(m.cfg.Log)))...)
 	m.st.links[p] = pid
 	return pid
+}
+
+// reshelve moves a session to the pair of the Decode replica that will pull its cache now. A session
+// kept for gc, its first Decode replica having left meanwhile, is shelved again: its cache is wanted.
+func (m *linkManager) reshelve(r messages.Reshelve) {
+	if m.st.shelf.take(r.From, r.Session) || m.st.orphans.take(r.From, r.Session) {
+		m.st.shelf.add(r.To, r.Session)
+	}
 }
 
 // unshelve ends a session's migration. A cache that its Decode replica may never have pulled is

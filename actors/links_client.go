@@ -59,6 +59,11 @@ func (l *Links) Shelve(p messages.Pair, session int64) {
 	l.engine.Send(l.pid, messages.Shelve{Pair: p, Session: session})
 }
 
+// Reshelve moves a session shelved on from to to, keeping its cache: another Decode replica will pull it.
+func (l *Links) Reshelve(from, to messages.Pair, session int64) {
+	l.engine.Send(l.pid, messages.Reshelve{From: from, To: to, Session: session})
+}
+
 // Unshelve says how the decode answer of a shelved session ended (Unused: its request never went out).
 func (l *Links) Unshelve(p messages.Pair, session int64, o messages.Outcome) {
 	l.engine.Send(l.pid, messages.Unshelve{Pair: p, Session: session, Outcome: o})

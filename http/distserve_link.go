@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 
@@ -102,7 +103,7 @@ func (l *linkIO) Connect(ctx context.Context, p messages.Pair) error {
 // FastAPI encodes once more, so the body is a JSON string holding the object; the object itself is
 // accepted too.
 func (l *linkIO) engineInfo(ctx context.Context, url string) (json.RawMessage, error) {
-	b, err := l.call(ctx, http.MethodGet, url+"/distserve/engine_info", nil)
+	b, err := l.call(ctx, http.MethodGet, url, "/distserve/engine_info", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -123,28 +124,26 @@ func (l *linkIO) initialize(ctx context.Context, local string, localInfo json.Ra
 	if l.protocol == messages.RDMA {
 		req.RDMAConfig = &rdmaConfig{WithGDR: l.withGDR, LinkType: l.linkType}
 	}
-	url := local + "/distserve/p2p_initialize"
-	b, err := l.call(ctx, http.MethodPost, url, req)
+	b, err := l.call(ctx, http.MethodPost, local, "/distserve/p2p_initialize", req)
 	if err != nil {
 		return endpoints{}, err
 	}
 	var ends endpoints
 	if err := json.Unmarshal(b, &ends); err != nil || !succeeded(b) || isNull(ends.Engine) || isNull(ends.KVTransfer) {
-		return endpoints{}, fmt.Errorf("POST %s did not succeed: %.200s", url, b)
+		return endpoints{}, fmt.Errorf("POST %s/distserve/p2p_initialize did not succeed: %.200s", local, b)
 	}
 	return ends, nil
 }
 
 // connect tells local to connect to remote, whose endpoints initialize returned.
 func (l *linkIO) connect(ctx context.Context, local, remote string, remoteEnds endpoints) error {
-	url := local + "/distserve/p2p_connect"
-	b, err := l.call(ctx, http.MethodPost, url, connectRequest{Protocol: l.protocol, RemoteEngineID: remote,
-		RemoteEngineEndpointInfo: remoteEnds.Engine, RemoteKVTransferEndpointInfo: remoteEnds.KVTransfer})
+	b, err := l.call(ctx, http.MethodPost, local, "/distserve/p2p_connect", connectRequest{Protocol: l.protocol,
+		RemoteEngineID: remote, RemoteEngineEndpointInfo: remoteEnds.Engine, RemoteKVTransferEndpointInfo: remoteEnds.KVTransfer})
 	if err != nil {
 		return err
 	}
 	if !succeeded(b) {
-		return fmt.Errorf("POST %s did not succeed: %.200s", url, b)
+		return fmt.Errorf("POST %s/distserve/p2p_connect did not succeed: %.200s", local, b)
 	}
 	return nil
 }
@@ -152,7 +151,7 @@ func (l *linkIO) connect(ctx context.Context, local, remote string, remoteEnds e
 // Drop tells each replica of p to forget the other, as LMDeploy's proxy does when a replica leaves.
 func (l *linkIO) Drop(ctx context.Context, p messages.Pair) error {
 	drop := func(engine, remote string) error {
-		_, err := l.call(ctx, http.MethodPost, engine+"/distserve/p2p_drop_connect",
+		_, err := l.call(ctx, http.MethodPost, engine, "/distserve/p2p_drop_connect",
 			map[string]string{"engine_id": engine, "remote_engine_id": remote})
 		return err
 	}
@@ -161,14 +160,16 @@ func (l *linkIO) Drop(ctx context.Context, p messages.Pair) error {
 
 // FreeCache frees one prefill session's kept KV cache (DistServeCacheFreeRequest).
 func (l *linkIO) FreeCache(ctx context.Context, prefill string, session int64) error {
-	_, err := l.call(ctx, http.MethodPost, prefill+"/distserve/free_cache",
+	_, err := l.call(ctx, http.MethodPost, prefill, "/distserve/free_cache",
 		map[string]any{"remote_engine_id": prefill, "remote_session_id": session})
 	return err
 }
 
-// call sends one request (with body as JSON unless nil) and returns a 2xx answer's body; any other
-// answer is an error that names the call, the status and the replica's message.
-func (l *linkIO) call(ctx context.Context, method, url string, body any) ([]byte, error) {
+// call sends one request to path on replica (with body as JSON unless nil) and returns a 2xx answer's
+// body; any other answer is an error that names the call, the status and the replica's message, and a
+// replica that cannot be connected to is an *unreachableError.
+func (l *linkIO) call(ctx context.Context, method, replica, path string, body any) ([]byte, error) {
+	url := replica + path
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -186,6 +187,9 @@ func (l *linkIO) call(ctx context.Context, method, url string, body any) ([]byte
 	}
 	resp, err := l.client.Do(req)
 	if err != nil {
+		if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+			return nil, &unreachableError{replica: replica, err: err}
+		}
 		return nil, err
 	}
 	defer resp.Body.Close()
@@ -197,6 +201,22 @@ func (l *linkIO) call(ctx context.Context, method, url string, body any) ([]byte
 		return nil, fmt.Errorf("%s %s answered HTTP %d: %s", method, url, resp.StatusCode, replicaMessage(b))
 	}
 	return b, nil
+}
+
+// unreachableError is a /distserve/* call that could not connect to its replica: nothing was sent
+// to it. A link has two replicas; this names the one, so that a request can try another of its role.
+type unreachableError struct {
+	replica string
+	err     error
+}
+
+func (e *unreachableError) Error() string { return e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }
+
+// unreachable reports whether err says that replica could not be connected to.
+func unreachable(err error, replica string) bool {
+	u, ok := errors.AsType[*unreachableError](err)
+	return ok && u.replica == replica
 }
 
 // succeeded reports whether an answer's status is DistServeConnectionStatus.SUCCESS: FastAPI sends the

@@ -30,8 +30,8 @@ type prefillInfo struct {
 
 // prefill sends the prefill request to the leased Prefill replica and releases its lease as soon as
 // the answer is in, exactly once, a panic included. It runs under the client's context, so a client
-// that leaves cancels it.
-func (s *Server) prefill(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (prefillInfo, error) {
+// that leaves cancels it. It returns how the exchange went for the replica too.
+func (s *Server) prefill(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (prefillInfo, messages.Outcome, error) {
 	outcome, start := messages.Panic, time.Now()
 	defer func() { s.reg.Release(l, outcome, time.Since(start)) }()
 	t := track(w)
@@ -40,7 +40,7 @@ func (s *Server) prefill(w http.ResponseWriter, r *http.Request, l messages.Leas
 	if err != nil {
 		t.setOutcome(outcome)
 	}
-	return info, err
+	return info, outcome, err
 }
 
 // askPrefill runs one prefill exchange and reports how it went for the replica.

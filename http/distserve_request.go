@@ -20,8 +20,8 @@ type migrationRequest struct {
 	IsDummyPrefill  bool                       `json:"is_dummy_prefill"`
 }
 
-// heldLease is a lease the handler holds until it releases it or hands it to forwardLeased, which
-// releases it then: exactly once either way.
+// heldLease is a lease the handler holds until it releases it or hands it to the code that releases
+// it then (forwardLeased, or a decode attempt): exactly once either way.
 type heldLease struct {
 	reg   *actors.Registry
 	lease messages.Lease
@@ -45,7 +45,8 @@ func (h *heldLease) handOver() messages.Lease {
 
 // serveDistServe runs one chat or completion request through a Prefill and a Decode replica (SPEC §6):
 // the prefill phase leaves the prompt's KV cache on the Prefill replica, and the Decode replica pulls
-// it over the pair's link and answers the client.
+// it over the pair's link and answers the client. A replica of either role that cannot be reached is
+// replaced by another of its role, once, as under Hybrid.
 func (s *Server) serveDistServe(w http.ResponseWriter, r *http.Request, body []byte, f requestFields) {
 	if f.n > 1 {
 		writeError(w, r, errorf(http.StatusBadRequest, "n > 1 is not supported with the DistServe serving strategy"))
@@ -59,41 +60,90 @@ func (s *Server) serveDistServe(w http.ResponseWriter, r *http.Request, body []b
 	decode := &heldLease{reg: s.reg, lease: a.Decode, start: time.Now()}
 	defer decode.release(messages.Panic)
 
-	mr := migrationRequest{Protocol: s.ds.protocol, RemoteEngineID: "dummy:dummy", RemoteBlockIDs: []int64{}, IsDummyPrefill: true}
-	ended := messages.Panic // how the decode answer ended, for the shelf
+	var m *migration // none under --dummy-prefill
 	if !s.ds.dummyPrefill {
-		pair := messages.Pair{Prefill: a.Prefill.URL, Decode: a.Decode.URL}
-		info, err := s.prefill(w, r, a.Prefill, body)
-		if err == nil {
-			err = s.link(w, r, pair, info.session)
-		}
-		if err != nil {
+		if m, err = s.prefillPhase(w, r, f.model, a.Prefill, body); err != nil {
 			decode.release(unusedOutcome(r))
 			failRequest(w, r, err)
 			return
 		}
-		defer func() { s.ds.links.Unshelve(pair, info.session, ended) }()
-		mr = migrationRequest{Protocol: s.ds.protocol, RemoteEngineID: pair.Prefill, RemoteSessionID: info.session,
-			RemoteBlockIDs: info.blocks, RemoteTokenID: info.token}
+		defer func() { s.ds.links.Unshelve(m.shelved, m.info.session, m.ended) }()
 	}
-	ended = s.decodePhase(w, r, decode, body, mr)
+	err = s.retryUnreachable(w, r, f.model, messages.Decode, decode.handOver(), func(l messages.Lease) (messages.Outcome, error) {
+		return s.decodePhase(w, r, l, body, m)
+	})
+	if err != nil {
+		failRequest(w, r, err)
+	}
 }
 
-// decodePhase sends the client's body with mr to the Decode replica and passes its answer on as
-// Hybrid does. It returns how the answer ended, Unused when the request never reached the replica.
-func (s *Server) decodePhase(w http.ResponseWriter, r *http.Request, decode *heldLease, body []byte, mr migrationRequest) messages.Outcome {
-	b, err := withMigrationRequest(body, mr)
+// migration is a request's prefill session on its way to a Decode replica.
+type migration struct {
+	prefill string // the Prefill replica that keeps the session's KV cache
+	info    prefillInfo
+	shelved messages.Pair    // where the session is shelved: with the Decode replica tried last
+	ended   messages.Outcome // how the decode answer ended, for the shelf
+}
+
+// prefillPhase runs the prefill on the leased Prefill replica, or on another one when that one cannot
+// be reached, and returns the session for the Decode replica to pull.
+func (s *Server) prefillPhase(w http.ResponseWriter, r *http.Request, model string, l messages.Lease, body []byte) (*migration, error) {
+	m := &migration{ended: messages.Panic}
+	err := s.retryUnreachable(w, r, model, messages.Prefill, l, func(l messages.Lease) (o messages.Outcome, err error) {
+		m.prefill = l.URL
+		m.info, o, err = s.prefill(w, r, l, body)
+		return o, err
+	})
+	return m, err
+}
+
+// request is the migration request that tells a Decode replica where to pull the prompt's KV cache
+// from; without a prefill session (nil), LMDeploy's dummy one.
+func (m *migration) request(protocol messages.MigrationProtocol) migrationRequest {
+	if m == nil {
+		return migrationRequest{Protocol: protocol, RemoteEngineID: "dummy:dummy", RemoteBlockIDs: []int64{}, IsDummyPrefill: true}
+	}
+	return migrationRequest{Protocol: protocol, RemoteEngineID: m.prefill, RemoteSessionID: m.info.session,
+		RemoteBlockIDs: m.info.blocks, RemoteTokenID: m.info.token}
+}
+
+// shelve shelves the session on pair or, when a Decode replica that could not be reached had it, moves
+// it there: its cache waits for pair's Decode replica now, and is not freed.
+func (m *migration) shelve(links *actors.Links, pair messages.Pair) {
+	if m.shelved == (messages.Pair{}) {
+		links.Shelve(pair, m.info.session)
+	} else {
+		links.Reshelve(m.shelved, pair, m.info.session)
+	}
+	m.shelved = pair
+}
+
+// decodePhase sends the client's body with the migration request of m (nil under --dummy-prefill) to
+// the leased Decode replica, linking the session's Prefill replica to it first, and passes its answer
+// on as Hybrid does; it releases the lease. It returns how the exchange went for the replica: DialError when it could not
+// be reached, at the link or with the request, and nothing was written to the client.
+func (s *Server) decodePhase(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte, m *migration) (messages.Outcome, error) {
+	decode := &heldLease{reg: s.reg, lease: l, start: time.Now()}
+	defer decode.release(messages.Panic)
+	if m != nil {
+		if o, err := s.link(w, r, m, l.URL); err != nil {
+			decode.release(o)
+			return o, err
+		}
+	}
+	b, err := withMigrationRequest(body, m.request(s.ds.protocol))
 	if err != nil {
 		decode.release(messages.Unused)
-		writeError(w, r, err)
-		return messages.Unused
+		return messages.Unused, err
 	}
 	o, err := s.forwardLeased(w, r, decode.handOver(), b)
-	if err != nil {
-		writeError(w, r, errorf(http.StatusBadGateway, "cannot reach the Decode replica "+decode.lease.URL+": "+err.Error()))
-		return messages.Unused
+	if m != nil {
+		m.ended = o
 	}
-	return o
+	if err != nil {
+		return o, errorf(http.StatusBadGateway, "cannot reach the Decode replica "+l.URL+": "+err.Error())
+	}
+	return o, nil
 }
 
 // acquirePair asks the registry for the Prefill and Decode replicas of one request (only the Decode
@@ -115,21 +165,30 @@ func (s *Server) acquirePair(w http.ResponseWriter, r *http.Request, model strin
 	return a, acquireError(a.Status, model, a.Missing)
 }
 
-// link shelves the prefill session on pair and ensures the pair's link is connected. When it cannot
-// be, the session is unshelved as unused, which frees its cache on the Prefill replica, and the request
-// ends without blaming either replica: a failed connect does not say whose fault it was.
-func (s *Server) link(w http.ResponseWriter, r *http.Request, pair messages.Pair, session int64) error {
-	s.ds.links.Shelve(pair, session)
+// link shelves the session on its pair with decode and ensures the pair's link is connected. It
+// returns how that went for the Decode replica: DialError when it could not be connected to, so that
+// another one can be tried; any other failed connect does not say whose fault it was and blames
+// neither. Either way the session's cache is freed when the request ends, unless another Decode
+// replica takes it.
+func (s *Server) link(w http.ResponseWriter, r *http.Request, m *migration, decode string) (messages.Outcome, error) {
+	pair := messages.Pair{Prefill: m.prefill, Decode: decode}
+	m.shelve(s.ds.links, pair)
 	err := s.ds.links.Ensure(r.Context(), pair)
 	if err == nil {
-		return nil
+		return messages.OK, nil
 	}
-	s.ds.links.Unshelve(pair, session, messages.Unused)
-	if r.Context().Err() != nil {
-		return errClientGone
+	m.ended = messages.Unused
+	t := track(w)
+	switch {
+	case r.Context().Err() != nil:
+		return messages.ClientGone, errClientGone
+	case unreachable(err, decode):
+		t.replica = decode
+		t.setOutcome(messages.DialError)
+		return messages.DialError, errorf(http.StatusBadGateway, "cannot reach the Decode replica "+decode+": "+err.Error())
 	}
-	track(w).setOutcome(messages.Unused)
-	return errorf(http.StatusBadGateway, "cannot connect the Prefill replica "+pair.Prefill+
+	t.setOutcome(messages.Unused)
+	return messages.Unused, errorf(http.StatusBadGateway, "cannot connect the Prefill replica "+pair.Prefill+
 		" to the Decode replica "+pair.Decode+": "+err.Error())
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lmproxy/lmproxy/actors"
+	"github.com/lmproxy/lmproxy/actors/routing"
 	lmhttp "github.com/lmproxy/lmproxy/http"
 	"github.com/lmproxy/lmproxy/proxytest"
 )
@@ -492,4 +494,115 @@ func TestDistServeDecodeReplicaGone(t *testing.T) {
 	free := jsonMap(t, onlyRequest(t, pre, "/distserve/free_cache").Body)
 	require.NotEqual(t, float64(kept[0]), free["remote_session_id"])
 	p.WaitIdle(t, 2*time.Second)
+}
+
+// favour is a routing strategy that picks a favoured candidate when there is one: a test decides which
+// replica a request tries first instead of leaving it to chance.
+type favour []string
+
+func (f favour) Name() string { return "favour" }
+
+func (f favour) Select(cands []routing.Candidate) int {
+	for i, c := range cands {
+		if slices.Contains(f, c.URL) {
+			return i
+		}
+	}
+	return 0
+}
+
+// startDeadFirst starts a DistServe proxy with one Prefill and two Decode replicas (role "Decode"), or
+// two Prefill and one Decode (role "Prefill"). Of the two of role, dead is the one every request tries
+// first: registered and healthy, until the caller closes it. Probes are an hour apart, so only the
+// request path can find it dead.
+func startDeadFirst(t *testing.T, role string) (p *proxytest.Proxy, pre, dec, dead *proxytest.Replica) {
+	t.Helper()
+	pre = proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Prefill"})
+	dec = proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Decode", Tokens: dsTokens})
+	dead = proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: role, Tokens: dsTokens})
+	p = proxytest.StartProxy(t, proxytest.ProxyConfig{
+		HTTP:   lmhttp.Config{DistServe: &lmhttp.DistServeConfig{}},
+		Actors: actors.Config{Strategy: favour{dead.URL}, HealthInterval: time.Hour},
+	})
+	p.MustAdd(t, dead, pre, dec)
+	return p, pre, dec, dead
+}
+
+// requireServedBy checks that a chat request's prefill ran on pre and its decode on dec, and that the
+// dead replica's refused connection was counted once, as under Hybrid, while the request itself counts
+// as a success of dec.
+func requireServedBy(t *testing.T, p *proxytest.Proxy, pre, dec, dead *proxytest.Replica) {
+	t.Helper()
+	require.Len(t, pre.Requests("/v1/chat/completions"), 1)
+	mr := jsonMap(t, onlyRequest(t, dec, "/v1/chat/completions").MigrationRequest)
+	require.Equal(t, pre.URL, mr["remote_engine_id"], "the decode pulls from the Prefill replica that ran the prefill")
+	require.Empty(t, dead.Requests("/v1/chat/completions"))
+	p.WaitIdle(t, 2*time.Second)
+	// The request is counted when its handler returns, just after its answer left.
+	require.Eventually(t, func() bool {
+		return sum(scrape(t, p.URL), "lmproxy_requests_total{", `replica="`+dec.URL+`"`, `status="200"`) == 1
+	}, 2*time.Second, time.Millisecond, "the request counts as a success of the Decode replica")
+	require.EqualValues(t, 1, sum(scrape(t, p.URL), "lmproxy_upstream_errors_total{", `replica="`+dead.URL+`"`, `kind="dial_error"`))
+}
+
+// chatOK sends one chat request and checks that the Decode replica's answer reached the client.
+func chatOK(t *testing.T, p *proxytest.Proxy) {
+	t.Helper()
+	code, _, b := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model", "messages": "hi"})
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	c := jsonMap(t, b)["choices"].([]any)[0].(map[string]any)
+	require.Equal(t, "tok tok tok", c["message"].(map[string]any)["content"])
+}
+
+// Bug: under DistServe a Prefill replica that refused the connection failed the request with 502
+// "cannot reach the Prefill replica", though another Prefill replica could serve it (SPEC §7: a
+// refused connection is retried once on another replica). The prefill now moves to the other one.
+func TestDistServeUnreachablePrefillReplicaIsRetriedOnAnother(t *testing.T) {
+	p, pre, dec, dead := startDeadFirst(t, "Prefill")
+	require.NoError(t, dead.Close())
+	chatOK(t, p)
+	requireServedBy(t, p, pre, dec, dead)
+}
+
+// Bug: under DistServe a Decode replica that refused the connection failed the request with 502
+// "cannot reach the Decode replica", though another Decode replica could serve it. Whether the dead
+// replica shows when its request is sent (its link was connected by warmup before it died) or when
+// its link connects (engine_info refused), the decode now moves to the other Decode replica, which
+// pulls the same prefill session: the prefill is not run again and its cache is not freed.
+func TestDistServeUnreachableDecodeReplicaIsRetriedOnAnother(t *testing.T) {
+	for _, warm := range []bool{true, false} {
+		name := map[bool]string{true: "link connected by warmup", false: "link connects on the request"}[warm]
+		t.Run(name, func(t *testing.T) {
+			p, pre, dec, dead := startDeadFirst(t, "Decode")
+			if warm {
+				code, b := p.Post(t, "/distserve/connection_warmup", map[string]any{})
+				require.Equal(t, http.StatusOK, code, "%s", b)
+			}
+			require.NoError(t, dead.Close())
+			chatOK(t, p)
+			requireServedBy(t, p, pre, dec, dead)
+			sessions := pre.CachedSessions()
+			require.Len(t, sessions, 1)
+			mr := jsonMap(t, onlyRequest(t, dec, "/v1/chat/completions").MigrationRequest)
+			require.Equal(t, float64(sessions[0]), mr["remote_session_id"])
+			require.Empty(t, pre.Requests("/distserve/free_cache"), "the cache was left to the other Decode replica")
+		})
+	}
+}
+
+// With no other replica of its role, a replica that refuses the connection fails the request with
+// 502 naming it, as under Hybrid, and every lease taken is given back.
+func TestDistServeUnreachableReplicaWithoutAnotherIs502(t *testing.T) {
+	for _, role := range []string{"Prefill", "Decode"} {
+		t.Run(role, func(t *testing.T) {
+			p, pre, dec := startDistServe(t, lmhttp.DistServeConfig{})
+			dead := map[string]*proxytest.Replica{"Prefill": pre, "Decode": dec}[role]
+			require.NoError(t, dead.Close())
+			code, _, b := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model", "messages": "hi"})
+			require.Equal(t, http.StatusBadGateway, code, "%s", b)
+			requireOpenAIError(t, b, http.StatusBadGateway)
+			require.Contains(t, decode(t, b)["message"], "cannot reach the "+role+" replica "+dead.URL)
+			p.WaitIdle(t, 2*time.Second)
+		})
+	}
 }

@@ -90,6 +90,14 @@ type Shelve struct {
 	Session int64
 }
 
+// Reshelve moves a shelved session to another pair of its Prefill replica: its decode goes to another
+// Decode replica, the first one having refused the connection before it pulled anything.
+type Reshelve struct {
+	From    Pair
+	To      Pair
+	Session int64
+}
+
 // Unshelve says how the decode answer of a shelved session ended (Unused: it was never sent).
 type Unshelve struct {
 	Pair    Pair
