@@ -213,8 +213,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, 
 	}
 	defer resp.Body.Close()
 
-	sse := isEventStream(resp.Header.Get("Content-Type"))
-	flush := sse || resp.ContentLength == -1
+	events := isEventStream(resp.Header.Get("Content-Type"))
+	flush := events || resp.ContentLength == -1
+	// A compressed event stream (gzip behind nginx, say) is passed on as bytes: they never form the
+	// lines an event is held back to, and no error event could be written into them.
+	ce := resp.Header.Get("Content-Encoding")
+	sse := events && (ce == "" || strings.EqualFold(ce, "identity"))
 	// A short whole answer is read before anything is written: if the replica stops before its
 	// Content-Length, the client still gets a clean error instead of a broken connection.
 	readFirst := !flush && resp.ContentLength < bodyBufferSize

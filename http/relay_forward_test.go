@@ -175,40 +175,54 @@ func TestStreamsReuseTheReplicaConnection(t *testing.T) {
 }
 
 // Only an event stream is held back to whole lines: other streamed answers pass as they arrive,
-// over the relay and over the copy (TLS clients), a line without its end included.
+// over the relay and over the copy (TLS clients), a line without its end included. A compressed
+// event stream is one of the others: its bytes never form a line.
 func TestStreamedNonSSEAnswersAreNotHeld(t *testing.T) {
-	for _, secure := range []bool{false, true} {
-		t.Run(map[bool]string{false: "relay", true: "copy"}[secure], func(t *testing.T) {
-			release := make(chan struct{})
-			rep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-				if answerProbes(w, req, "raw") {
-					return
-				}
-				w.Header().Set("Content-Type", "application/octet-stream")
-				io.WriteString(w, "no line end yet")
-				w.(http.Flusher).Flush()
-				select {
-				case <-release:
-				case <-req.Context().Done():
-				}
-			}))
-			defer rep.Close()
-			defer close(release)
-			p, client := startProxyWith(t, secure, rep.URL)
+	for _, c := range []struct{ name, contentType, encoding string }{
+		{"bytes", "application/octet-stream", ""},
+		{"gzip events", "text/event-stream", "gzip"},
+	} {
+		for _, secure := range []bool{false, true} {
+			t.Run(c.name+map[bool]string{false: " relay", true: " copy"}[secure], func(t *testing.T) {
+				release := make(chan struct{})
+				rep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+					if answerProbes(w, req, "raw") {
+						return
+					}
+					w.Header().Set("Content-Type", c.contentType)
+					if c.encoding != "" {
+						w.Header().Set("Content-Encoding", c.encoding)
+					}
+					io.WriteString(w, "no line end yet")
+					w.(http.Flusher).Flush()
+					select {
+					case <-release:
+					case <-req.Context().Done():
+					}
+				}))
+				defer rep.Close()
+				defer close(release)
+				p, client := startProxyWith(t, secure, rep.URL)
 
-			resp, err := client.Post(p.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"raw","stream":true}`))
-			require.NoError(t, err)
-			defer resp.Body.Close()
-			got := make([]byte, len("no line end yet"))
-			read := make(chan error, 1)
-			go func() { _, err := io.ReadFull(resp.Body, got); read <- err }()
-			select {
-			case err := <-read:
+				req, err := http.NewRequest(http.MethodPost, p.URL+"/v1/chat/completions", strings.NewReader(`{"model":"raw","stream":true}`))
 				require.NoError(t, err)
-				require.Equal(t, "no line end yet", string(got))
-			case <-time.After(5 * time.Second):
-				t.Fatal("the bytes waited for a line end")
-			}
-		})
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Accept-Encoding", "gzip") // asked for: the client's transport passes the bytes as they are
+				resp, err := client.Do(req)
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				require.Equal(t, c.encoding, resp.Header.Get("Content-Encoding"))
+				got := make([]byte, len("no line end yet"))
+				read := make(chan error, 1)
+				go func() { _, err := io.ReadFull(resp.Body, got); read <- err }()
+				select {
+				case err := <-read:
+					require.NoError(t, err)
+					require.Equal(t, "no line end yet", string(got))
+				case <-time.After(5 * time.Second):
+					t.Fatal("the bytes waited for a line end")
+				}
+			})
+		}
 	}
 }
