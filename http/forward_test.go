@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -440,4 +441,24 @@ func TestForwardWithoutContentType(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, string(body))
 	_, got = up.last(t)
 	require.Equal(t, []string{"application/json; charset=utf-8"}, got.Values("Content-Type"))
+}
+
+// An HTTP/1.0 request may come without Host: the replica then gets no X-Forwarded-Host rather than an
+// empty one.
+func TestForwardWithoutHost(t *testing.T) {
+	up := startFixedUpstream(t, http.StatusOK, "application/json", []byte(`{}`))
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	addURL(t, p, up.URL)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	body := `{"model":"fixed"}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	_, got := up.last(t)
+	require.NotContains(t, got, "X-Forwarded-Host")
+	require.Equal(t, "http", got.Get("X-Forwarded-Proto"))
 }

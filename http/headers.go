@@ -50,11 +50,14 @@ func forwardedHeaders(hs []header, r *http.Request, requestID string) []header {
 		}
 		hs = append(hs, header{"X-Forwarded-For", ip})
 	}
+	if r.Host != "" { // HTTP/1.0 may name none
+		hs = append(hs, header{"X-Forwarded-Host", r.Host})
+	}
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
 	}
-	return append(hs, header{"X-Forwarded-Host", r.Host}, header{"X-Forwarded-Proto", proto}, header{"X-Request-Id", requestID})
+	return append(hs, header{"X-Forwarded-Proto", proto}, header{"X-Request-Id", requestID})
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream, without allocating.
