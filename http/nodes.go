@@ -16,7 +16,7 @@ import (
 // registerNodeRoutes adds the /nodes/* admin API (LMDeploy's names, so its api_server registers
 // unchanged).
 func (s *Server) registerNodeRoutes() {
-	s.router.HandleFunc("/nodes/status", s.handleNodesStatus).Methods(http.MethodGet)
+	s.router.HandleFunc("/nodes/status", s.handleNodesStatus).Methods(http.MethodGet, http.MethodHead)
 	s.router.HandleFunc("/nodes/add", s.handleNodesAdd).Methods(http.MethodPost)
 	s.router.HandleFunc("/nodes/remove", s.handleNodesRemove).Methods(http.MethodPost)
 	s.router.HandleFunc("/nodes/terminate", s.handleNodesTerminate).Methods(http.MethodPost)

@@ -292,17 +292,33 @@ func TestWrongMethodNamesTheAllowedOnes(t *testing.T) {
 		{http.MethodDelete, "/v1/models", "GET, HEAD"},
 		{http.MethodPost, "/v1/models/m1", "GET, HEAD"},
 		{http.MethodGet, "/nodes/add", "POST"},
-		{http.MethodPost, "/nodes/status", "GET"},
-		{http.MethodPost, "/health", "GET"},
+		{http.MethodPost, "/nodes/status", "GET, HEAD"},
+		{http.MethodPost, "/health", "GET, HEAD"},
+		{http.MethodHead, "/nodes/terminate_all", "GET"}, // a GET that acts: HEAD must not
 	}
 	for _, c := range cases {
 		code, h, body := do(t, c.method, p.URL+c.path, "application/json", []byte(`{"model":"m1"}`))
 		require.Equal(t, http.StatusMethodNotAllowed, code, "%s %s: %s", c.method, c.path, body)
 		require.Equal(t, c.allow, h.Get("Allow"), "%s %s", c.method, c.path)
-		if strings.HasPrefix(c.path, "/v1/") {
+		if c.method == http.MethodHead {
+			require.Empty(t, body)
+		} else if strings.HasPrefix(c.path, "/v1/") {
 			require.Equal(t, "invalid_request_error", decode(t, body)["type"], "%s %s: %s", c.method, c.path, body)
 		} else {
 			require.NotEmpty(t, decode(t, body)["detail"], "%s %s: %s", c.method, c.path, body)
 		}
+	}
+}
+
+// HEAD works wherever a GET only reads (uptime checks use HEAD /health): the GET's status and
+// headers, no body.
+func TestHeadOnReadOnlyRoutes(t *testing.T) {
+	p, _ := proxytest.StartCluster(t, proxytest.ProxyConfig{}, 1, proxytest.ReplicaConfig{})
+	for _, path := range []string{"/health", "/metrics", "/openapi.json", "/nodes/status", "/v1/models", "/v1/models/sim-model"} {
+		code, h, body := do(t, http.MethodHead, p.URL+path, "", nil)
+		require.Equal(t, http.StatusOK, code, path)
+		require.Empty(t, body, path)
+		_, gh, _ := do(t, http.MethodGet, p.URL+path, "", nil)
+		require.Equal(t, gh.Get("Content-Type"), h.Get("Content-Type"), path)
 	}
 }

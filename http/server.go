@@ -118,10 +118,10 @@ func New(cfg Config, reg *actors.Registry) *Server {
 	s.registerOpenAIRoutes()
 	s.registerNodeRoutes()
 	s.registerDistServeRoutes()
-	s.router.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet)
-	s.router.HandleFunc("/openapi.json", s.handleOpenAPI).Methods(http.MethodGet)
+	s.router.HandleFunc("/health", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
+	s.router.HandleFunc("/openapi.json", s.handleOpenAPI).Methods(http.MethodGet, http.MethodHead)
 	if cfg.Metrics != nil {
-		s.router.Handle("/metrics", cfg.Metrics.Handler()).Methods(http.MethodGet)
+		s.router.Handle("/metrics", cfg.Metrics.Handler()).Methods(http.MethodGet, http.MethodHead)
 	}
 	s.router.Use(routeLabel)
 	return s
