@@ -88,6 +88,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if r.RequestURI == "*" {
+		// A request about the server as a whole (RFC 9110 §7.1): OPTIONS asks what it supports, as
+		// net/http answers it; no route has this path, and the router would redirect it.
+		if r.Method != http.MethodOptions {
+			writeError(t, r, errorf(http.StatusBadRequest, "the target * is for OPTIONS only"))
+			return
+		}
+		t.Header().Set("Allow", "GET, HEAD, POST, OPTIONS")
+		t.Header().Set("Content-Length", "0")
+		t.WriteHeader(http.StatusOK)
+		return
+	}
 	if err := s.authorize(r); err != nil {
 		writeError(t, r, err)
 		return

@@ -1,7 +1,10 @@
 package http_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -320,5 +323,28 @@ func TestHeadOnReadOnlyRoutes(t *testing.T) {
 		require.Empty(t, body, path)
 		_, gh, _ := do(t, http.MethodGet, p.URL+path, "", nil)
 		require.Equal(t, gh.Get("Content-Type"), h.Get("Content-Type"), path)
+	}
+}
+
+// OPTIONS * asks about the server as a whole: 200 with what it serves, not a redirect to a path.
+func TestOptionsAsterisk(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	for _, c := range []struct {
+		method string
+		code   int
+	}{{http.MethodOptions, http.StatusOK}, {http.MethodGet, http.StatusBadRequest}} {
+		fmt.Fprintf(conn, "%s * HTTP/1.1\r\nHost: x\r\n\r\n", c.method)
+		resp, err := http.ReadResponse(br, &http.Request{Method: c.method})
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, c.code, resp.StatusCode, c.method)
+		if c.code == http.StatusOK {
+			require.Equal(t, "GET, HEAD, POST, OPTIONS", resp.Header.Get("Allow"))
+		}
 	}
 }
