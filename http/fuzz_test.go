@@ -89,7 +89,7 @@ func FuzzParseAddRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		reg, err := parseAddRequest(body)
+		reg, _, err := parseAddRequest(body)
 		if err != nil {
 			requireBadRequest(t, err)
 			return

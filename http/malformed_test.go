@@ -177,7 +177,6 @@ func malformedCases() []malformed {
 		{name: "/nodes/add url with spaces", path: "/nodes/add", body: `{"url":"http://a b:1"}`, code: 400, shape: shapeDetail},
 		{name: "/nodes/add string for models", path: "/nodes/add", body: `{"url":"http://a:1","status":{"models":"m"}}`, code: 400, shape: shapeDetail},
 		{name: "/nodes/add unknown role", path: "/nodes/add", body: `{"url":"http://a:1","status":{"role":"Boss"}}`, code: 400, shape: shapeDetail},
-		{name: "/nodes/add negative speed", path: "/nodes/add", body: `{"url":"http://a:1","status":{"speed":-1}}`, code: 400, shape: shapeDetail},
 		{name: "/nodes/add as text/plain", path: "/nodes/add", contentType: "text/plain", body: `{"url":"http://a:1"}`, code: 415, shape: shapeDetail},
 		{name: "/nodes/remove as a form", path: "/nodes/remove", contentType: "application/x-www-form-urlencoded", body: "url=http://a:1", code: 415, shape: shapeDetail},
 		{name: "/nodes/remove without url", path: "/nodes/remove", body: `{}`, code: 400, shape: shapeDetail},

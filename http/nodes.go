@@ -75,35 +75,33 @@ type addRequest struct {
 	} `json:"status"`
 }
 
-// parseAddRequest reads and checks a /nodes/add body.
-func parseAddRequest(body []byte) (messages.Registration, error) {
+// parseAddRequest reads and checks a /nodes/add body. statusGiven reports whether it has a status:
+// without one, LMDeploy's proxy keeps what it knows of the replica.
+func parseAddRequest(body []byte) (reg messages.Registration, statusGiven bool, err error) {
 	var req addRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return messages.Registration{}, errorf(http.StatusBadRequest, "invalid body: "+err.Error())
+		return messages.Registration{}, false, errorf(http.StatusBadRequest, "invalid body: "+err.Error())
 	}
 	u, err := normalizeURL(req.URL)
 	if err != nil {
-		return messages.Registration{}, err
+		return messages.Registration{}, false, err
 	}
-	reg := messages.Registration{URL: u, Role: messages.Hybrid}
+	reg = messages.Registration{URL: u, Role: messages.Hybrid}
 	if st := req.Status; st != nil {
 		reg.Models = st.Models
 		if st.Role != 0 {
 			reg.Role = st.Role
 		}
-		if st.Speed != nil {
-			if *st.Speed < 0 {
-				return reg, errorf(http.StatusBadRequest, "status.speed must not be negative")
-			}
+		if st.Speed != nil && *st.Speed > 0 { // LMDeploy's own example gives -1 for "unknown"
 			reg.Speed = *st.Speed
 		}
 	}
 	for _, m := range reg.Models {
 		if m == "" {
-			return reg, errorf(http.StatusBadRequest, "status.models holds an empty name")
+			return reg, false, errorf(http.StatusBadRequest, "status.models holds an empty name")
 		}
 	}
-	return reg, nil
+	return reg, req.Status != nil, nil
 }
 
 // normalizeURL checks a replica URL and drops a trailing slash, so one replica has one key.
@@ -127,16 +125,34 @@ func (s *Server) handleNodesAdd(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	reg, err := parseAddRequest(body)
+	reg, statusGiven, err := parseAddRequest(body)
 	if err != nil {
 		writeError(w, r, err)
 		return
+	}
+	if !statusGiven {
+		s.keepRoleAndSpeed(r.Context(), &reg)
 	}
 	if err := s.addReplica(r.Context(), &reg); err != nil {
 		writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, "Added successfully")
+}
+
+// keepRoleAndSpeed gives reg the role and speed its URL is registered with, if it is: a registration
+// without a status renews the replica's models, as LMDeploy's proxy keeps its Status.
+func (s *Server) keepRoleAndSpeed(ctx context.Context, reg *messages.Registration) {
+	replicas, err := s.reg.Status(ctx, true)
+	if err != nil {
+		return
+	}
+	for _, rs := range replicas {
+		if rs.URL == reg.URL {
+			reg.Role, reg.Speed = rs.Role, rs.Speed
+			return
+		}
+	}
 }
 
 // addReplica probes reg's replica, fills its models from the probe when none were declared, and
@@ -146,17 +162,21 @@ func (s *Server) handleNodesAdd(w http.ResponseWriter, r *http.Request) {
 // api_server registers from its start-up hook, before it listens, and never again. Such a replica
 // is not routed to until its health probe finds it serving (actors: every second until then).
 func (s *Server) addReplica(ctx context.Context, reg *messages.Registration) error {
-	health := messages.HealthHealthy
-	served, answered, err := s.probeModels(ctx, reg.URL)
+	health, checked := messages.HealthHealthy, true
+	served, status, err := s.probeModels(ctx, reg.URL)
 	switch {
-	case err != nil && !answered && len(reg.Models) > 0 && ctx.Err() == nil:
-		health = messages.HealthUnknown
+	case err != nil && len(reg.Models) > 0 && status == 0 && ctx.Err() == nil:
+		health, checked = messages.HealthUnknown, false
 		s.log.WithField("replica", reg.URL).WithError(err).Info("replica added before it answers: routed to once its health probe passes")
+	case err != nil && len(reg.Models) > 0 && (status == http.StatusUnauthorized || status == http.StatusForbidden):
+		// An api_server run with --api-keys: it answers, and its clients send it their key.
+		checked = false
+		s.log.WithField("replica", reg.URL).Info("replica added with the models it declares: its model list needs an API key")
 	case err != nil:
 		return err
 	}
 	for _, m := range reg.Models {
-		if health == messages.HealthHealthy && !served[m] {
+		if checked && !served[m] {
 			return errorf(http.StatusBadRequest, fmt.Sprintf("model %q is not served by %s", m, reg.URL))
 		}
 	}
@@ -180,22 +200,27 @@ func (s *Server) AddReplica(ctx context.Context, rawURL string) error {
 	return s.addReplica(ctx, &messages.Registration{URL: u, Role: messages.Hybrid})
 }
 
-// probeModels asks a replica for its model list: unreachable, failing or empty → 502. answered
-// reports whether the replica gave an HTTP answer at all.
-func (s *Server) probeModels(ctx context.Context, base string) (served map[string]bool, answered bool, err error) {
+// probeModels asks a replica for its model list: unreachable, failing or empty → 502. status is the
+// HTTP status the replica answered, 0 when it gave no answer at all.
+func (s *Server) probeModels(ctx context.Context, base string) (served map[string]bool, status int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/models", nil)
 	if err != nil {
-		return nil, false, errorf(http.StatusBadRequest, "invalid replica URL: "+err.Error())
+		return nil, 0, errorf(http.StatusBadRequest, "invalid replica URL: "+err.Error())
 	}
 	resp, err := s.admin.Do(req)
 	if err != nil {
-		return nil, false, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
+		return nil, 0, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, true, errorf(http.StatusBadGateway, fmt.Sprintf("%s/v1/models answered HTTP %d", base, resp.StatusCode))
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return nil, resp.StatusCode, errorf(http.StatusBadGateway, fmt.Sprintf("%s/v1/models answered HTTP %d: "+
+			"a replica that wants an API key is added with the models it serves in status.models", base, resp.StatusCode))
+	default:
+		return nil, resp.StatusCode, errorf(http.StatusBadGateway, fmt.Sprintf("%s/v1/models answered HTTP %d", base, resp.StatusCode))
 	}
 	var list struct {
 		Data []struct {
@@ -203,7 +228,7 @@ func (s *Server) probeModels(ctx context.Context, base string) (served map[strin
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&list); err != nil {
-		return nil, true, errorf(http.StatusBadGateway, base+"/v1/models is not an OpenAI model list: "+err.Error())
+		return nil, resp.StatusCode, errorf(http.StatusBadGateway, base+"/v1/models is not an OpenAI model list: "+err.Error())
 	}
 	served = map[string]bool{}
 	for _, m := range list.Data {
@@ -212,9 +237,9 @@ func (s *Server) probeModels(ctx context.Context, base string) (served map[strin
 		}
 	}
 	if len(served) == 0 {
-		return nil, true, errorf(http.StatusBadGateway, base+" serves no model")
+		return nil, resp.StatusCode, errorf(http.StatusBadGateway, base+" serves no model")
 	}
-	return served, true, nil
+	return served, resp.StatusCode, nil
 }
 
 // maxAdminBody caps admin bodies below --max-body: a registration is a few hundred bytes, and the

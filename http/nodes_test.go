@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -347,4 +348,59 @@ func TestOptionsAsterisk(t *testing.T) {
 			require.Equal(t, "GET, HEAD, POST, OPTIONS", resp.Header.Get("Allow"))
 		}
 	}
+}
+
+// Adding a registered URL again without a status keeps its role and speed, as LMDeploy's proxy keeps
+// its Status (its docs register with {"url": ...} alone); the models are probed again. A negative
+// speed, the "unknown" of LMDeploy's own example, counts as none.
+func TestNodesAddWithoutStatusKeepsRoleAndSpeed(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+rep.URL+`", "status": {"models": ["m1"], "role": 3, "speed": 5}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	code, _, body = postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+rep.URL+`"}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	st := p.Status(t)
+	require.Len(t, st, 1)
+	require.Equal(t, messages.Decode, st[0].Role)
+	require.EqualValues(t, 5, st[0].Speed)
+	require.Equal(t, []string{"m1"}, st[0].Models)
+
+	code, _, body = postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+rep.URL+`", "status": {"models": ["m1"], "speed": -1}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	st = p.Status(t)
+	require.Equal(t, messages.Hybrid, st[0].Role, "a status given is the whole registration")
+	require.Zero(t, st[0].Speed)
+}
+
+// An api_server run with --api-keys answers the model probe 401: a registration that declares its
+// models is taken (the replica answers; clients send it their key), one that does not is refused.
+func TestNodesAddReplicaThatWantsAKey(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/health":
+			io.WriteString(w, `{"status":"healthy"}`)
+		case r.Header.Get("Authorization") != "Bearer k":
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"detail":"Invalid API key"}`)
+		case r.URL.Path == "/v1/models":
+			io.WriteString(w, `{"object":"list","data":[{"id":"m1"}]}`)
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"ok":true}`)
+		}
+	}))
+	t.Cleanup(up.Close)
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+up.URL+`"}`))
+	require.Equal(t, http.StatusBadGateway, code, string(body))
+	require.Contains(t, decode(t, body)["detail"], "401")
+
+	code, _, body = postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+up.URL+`", "status": {"models": ["m1"]}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+	st := p.Status(t)
+	require.Len(t, st, 1)
+	require.Equal(t, messages.HealthHealthy, st[0].Health)
+	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"}, "Authorization", "Bearer k")
+	require.Equal(t, http.StatusOK, code, string(body))
 }
