@@ -85,6 +85,13 @@ func (l *linkIO) Connect(ctx context.Context, p messages.Pair) error {
 	if err != nil {
 		return err
 	}
+	// LMDeploy links only engines of the same tensor parallelism (proxy_conn.py asserts it): the KV
+	// cache's layout follows it.
+	pTP, dTP := gjson.GetBytes(pInfo, "tp_size"), gjson.GetBytes(dInfo, "tp_size")
+	if pTP.Exists() && dTP.Exists() && pTP.Raw != dTP.Raw {
+		return fmt.Errorf("the Prefill replica %s has tp_size %s and the Decode replica %s tp_size %s: "+
+			"only engines of the same tensor parallelism can be linked", p.Prefill, pTP.Raw, p.Decode, dTP.Raw)
+	}
 	pEnds, err := l.initialize(ctx, p.Prefill, pInfo, p.Decode, dInfo)
 	if err != nil {
 		return err

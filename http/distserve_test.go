@@ -606,3 +606,20 @@ func TestDistServeUnreachableReplicaWithoutAnotherIs502(t *testing.T) {
 		})
 	}
 }
+
+// LMDeploy links only engines of the same tensor parallelism (proxy_conn.py asserts it): a pair
+// whose engine_info differ in tp_size is not connected, and its request fails with 502 naming both.
+func TestDistServeLinksOnlyTheSameTensorParallelism(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{HTTP: lmhttp.Config{DistServe: &lmhttp.DistServeConfig{}}})
+	pre := proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Prefill"})
+	dec := proxytest.StartReplica(t, proxytest.ReplicaConfig{Role: "Decode", TPSize: 2})
+	p.MustAdd(t, pre, dec)
+	code, _, b := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model", "messages": "hi"})
+	require.Equal(t, http.StatusBadGateway, code, string(b))
+	require.Contains(t, decode(t, b)["message"], "tp_size 1")
+	require.Contains(t, decode(t, b)["message"], "tp_size 2")
+	require.Empty(t, pre.Requests("/distserve/p2p_initialize"), "nothing is initialized for a pair that cannot link")
+	code, _, b = postJSON(t, p.URL+"/distserve/connection_warmup", nil)
+	require.Equal(t, http.StatusBadGateway, code, string(b))
+	p.WaitIdle(t, 2*time.Second)
+}

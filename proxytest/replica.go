@@ -32,6 +32,7 @@ type ReplicaConfig struct {
 	TTFT     time.Duration      // delay before the first token
 	ITL      time.Duration      // delay between tokens
 	Tokens   int                // tokens per answer, default 16
+	TPSize   int                // tensor parallelism /distserve/engine_info reports, default 1
 	ProxyURL string             // when set, register with {ProxyURL}/nodes/add and leave on Close
 	AdminKey string             // optional Bearer key for the proxy's /nodes/* calls
 	Logger   logrus.FieldLogger // default: discard

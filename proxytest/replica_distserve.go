@@ -63,7 +63,7 @@ func (r *Replica) handleEngineInfo(w http.ResponseWriter, req *http.Request, _ [
 	if r.distFault(w, req.URL.Path) {
 		return
 	}
-	b := mustJSON(engineInfo{TPSize: 1, EPSize: 1, DPSize: 1, BlockSize: blockSize, NumGPUBlocks: 1024})
+	b := mustJSON(engineInfo{TPSize: max(r.cfg.TPSize, 1), EPSize: 1, DPSize: 1, BlockSize: blockSize, NumGPUBlocks: 1024})
 	r.mu.Lock()
 	asString := r.engineInfoStr
 	r.mu.Unlock()
