@@ -243,16 +243,12 @@ func TestCorruptStateFileIsSetAsideAndProxyStarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	require.NoError(t, p.Flush(ctx))
-	var saved struct {
-		Version  int
-		Replicas []messages.Registration
-	}
+	var saved map[string]string // LMDeploy's proxy_config.json: URL → the JSON text of its status
 	data, err := os.ReadFile(state)
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(data, &saved))
-	require.Equal(t, 1, saved.Version)
-	require.Len(t, saved.Replicas, 1)
-	require.Equal(t, rep.URL, saved.Replicas[0].URL)
+	require.Len(t, saved, 1)
+	require.Contains(t, saved, rep.URL)
 	p.WaitIdle(t, waitLimit)
 }
 

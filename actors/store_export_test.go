@@ -7,3 +7,6 @@ import "github.com/sirupsen/logrus"
 func OpenStoreWith(path string, log logrus.FieldLogger, write func(path string, data []byte) error) *Store {
 	return openStore(path, log, write)
 }
+
+// DecodeState exposes decodeState, to read what a held writer was handed.
+var DecodeState = decodeState

@@ -49,12 +49,13 @@ func mustLoad(t *testing.T, path string) []messages.Registration {
 	return regs
 }
 
-// snapshot returns n registrations tagged with gen, mixing roles, speeds and model lists.
+// snapshot returns n (at most 100) registrations tagged with gen, mixing roles, speeds and model
+// lists, sorted by URL as the registry's snapshots are: the state file, a JSON object, keeps no order.
 func snapshot(gen, n int) []messages.Registration {
 	regs := make([]messages.Registration, n)
 	for i := range regs {
 		regs[i] = messages.Registration{
-			URL:    fmt.Sprintf("http://10.0.%d.%d:23333", gen%256, i),
+			URL:    fmt.Sprintf("http://10.0.%d.%d:23333", gen%256, 100+i),
 			Models: []string{fmt.Sprintf("model-%d", gen), "shared"},
 			Role:   messages.Role(1 + i%3),
 			Speed:  float64(i % 4 * 5),
@@ -63,14 +64,15 @@ func snapshot(gen, n int) []messages.Registration {
 	return regs
 }
 
-// TestStoreRoundTrip: what Save wrote, Load reads back the same; the missing directory is created
-// 0700 and the file is 0600 (it names internal hosts), in the documented format.
+// TestStoreRoundTrip: what Save wrote, Load reads back the same, a fractional speed included; the
+// missing directory is created 0700 and the file is 0600 (it names internal hosts).
 func TestStoreRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state", "lmproxy", "registry.json")
 	want := []messages.Registration{
 		{URL: "http://10.0.0.1:23333", Models: []string{"internlm2", "qwen"}, Role: messages.Hybrid, Speed: 12.5},
-		{URL: "https://p.example:8443", Models: []string{"qwen"}, Role: messages.Prefill},
 		{URL: "http://[::1]:9000", Models: []string{"qwen"}, Role: messages.Decode, Speed: 3},
+		{URL: "http://slow:1", Models: []string{"qwen"}, Role: messages.Hybrid, Speed: 0.25},
+		{URL: "https://p.example:8443", Models: []string{"qwen"}, Role: messages.Prefill},
 	}
 	s, _ := openStore(t, path)
 	s.Save(want)
@@ -84,16 +86,65 @@ func TestStoreRoundTrip(t *testing.T) {
 	file, err := os.Stat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), file.Mode().Perm())
+}
+
+// TestStoreWritesLMDeployProxyConfig: the state file is LMDeploy's proxy_config.json, so that
+// `lmdeploy serve proxy` started on it (a rollback) reads it: an object of URL → string, each string
+// the JSON text pydantic's Status.model_dump_json() writes (these bytes are its output for the same
+// status): role the EngineRole number, the deque of latencies a list, speed an integer or null. A
+// fractional speed, which LMDeploy's int cannot hold, is written rounded (at least 1, so it stays
+// declared) with the exact value in a key of lmproxy's that pydantic ignores.
+func TestStoreWritesLMDeployProxyConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy_config.json")
+	s, _ := openStore(t, path)
+	s.Save([]messages.Registration{
+		{URL: "http://10.0.0.1:23333", Models: []string{"internlm2", "qwen"}, Role: messages.Hybrid},
+		{URL: "http://10.0.0.2:23333", Models: []string{"qwen"}, Role: messages.Prefill, Speed: 3},
+		{URL: "http://10.0.0.3:23333", Role: messages.Decode, Speed: 12.5},
+		{URL: "http://10.0.0.4:23333", Models: []string{"qwen"}, Role: messages.Hybrid, Speed: 0.25},
+	})
+	mustFlush(t, s)
 
 	raw, err := os.ReadFile(path)
 	require.NoError(t, err)
-	var doc struct {
-		Version  int              `json:"version"`
-		Replicas []map[string]any `json:"replicas"`
+	var nodes map[string]string // LMDeploy: json.load, then Status.model_validate_json of each value
+	require.NoError(t, json.Unmarshal(raw, &nodes), string(raw))
+	require.Equal(t, map[string]string{
+		"http://10.0.0.1:23333": `{"role":1,"models":["internlm2","qwen"],"unfinished":0,"latency":[],"speed":null}`,
+		"http://10.0.0.2:23333": `{"role":2,"models":["qwen"],"unfinished":0,"latency":[],"speed":3}`,
+		"http://10.0.0.3:23333": `{"role":3,"models":[],"unfinished":0,"latency":[],"speed":13,"lmproxy_speed":12.5}`,
+		"http://10.0.0.4:23333": `{"role":1,"models":["qwen"],"unfinished":0,"latency":[],"speed":1,"lmproxy_speed":0.25}`,
+	}, nodes)
+
+	s.Save(nil)
+	mustFlush(t, s)
+	raw, err = os.ReadFile(path)
+	require.NoError(t, err)
+	require.JSONEq(t, `{}`, string(raw), "no replica is LMDeploy's empty object")
+}
+
+// TestStoreLoadsVersion1File: the format earlier lmproxy versions wrote is still read, so an upgrade
+// keeps the registry; the next change rewrites it as LMDeploy's.
+func TestStoreLoadsVersion1File(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.json")
+	content := `{"version": 1, "replicas": [
+  {"url": "http://10.0.0.1:23333", "models": ["internlm2", "qwen"], "role": 1, "speed": 12.5},
+  {"url": "https://p.example:8443", "models": ["qwen"], "role": 2}
+]}`
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	want := []messages.Registration{
+		{URL: "http://10.0.0.1:23333", Models: []string{"internlm2", "qwen"}, Role: messages.Hybrid, Speed: 12.5},
+		{URL: "https://p.example:8443", Models: []string{"qwen"}, Role: messages.Prefill},
 	}
-	require.NoError(t, json.Unmarshal(raw, &doc))
-	require.Equal(t, 1, doc.Version)
-	require.Equal(t, map[string]any{"url": "http://10.0.0.1:23333", "models": []any{"internlm2", "qwen"}, "role": 1.0, "speed": 12.5}, doc.Replicas[0])
+	require.Equal(t, want, mustLoad(t, path))
+
+	s, _ := openStore(t, path)
+	s.Save(want)
+	mustFlush(t, s)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NotContains(t, string(raw), `"version"`)
+	require.Equal(t, want, mustLoad(t, path))
 }
 
 // TestStoreEmptyRegistryRoundTrip: removing the last replica is saved as an empty list, not left as
@@ -205,9 +256,9 @@ func TestStoreCoalescesBursts(t *testing.T) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	require.Len(t, w.writes, 2, "the burst of 100 saves must be written once")
-	var last struct{ Replicas []messages.Registration }
-	require.NoError(t, json.Unmarshal(w.writes[1], &last))
-	require.Equal(t, snapshot(100, 3), last.Replicas)
+	last, err := actors.DecodeState(w.writes[1])
+	require.NoError(t, err)
+	require.Equal(t, snapshot(100, 3), last)
 }
 
 // TestStoreManyQuickSavesKeepTheLast: after a burst of saves through the real writer, the file holds
@@ -336,17 +387,21 @@ func TestStoreCorruptFileMovedAside(t *testing.T) {
 
 // TestStoreLoadsLMDeployProxyConfig: LMDeploy's proxy_config.json (URL → the JSON text of its status)
 // is read, so a user switching proxies keeps their replicas; a status object written by hand is read
-// too.
+// too. lmproxy's exact speed is taken only while it rounds to speed, so a speed edited by hand wins.
 func TestStoreLoadsLMDeployProxyConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "proxy_config.json")
 	content := `{
   "http://10.0.0.2:23333": "{\"role\":1,\"models\":[\"internlm2\"],\"unfinished\":3,\"latency\":[0.5],\"speed\":null,\"epd_transfer_backend\":\"http_json\",\"encoder_output_receiver_address\":null}",
-  "http://10.0.0.1:23333": {"role": "Decode", "models": ["qwen"], "speed": 5}
+  "http://10.0.0.1:23333": {"role": "Decode", "models": ["qwen"], "speed": 5},
+  "http://10.0.0.3:23333": "{\"role\":2,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":13,\"lmproxy_speed\":12.5}",
+  "http://10.0.0.4:23333": "{\"role\":2,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":20,\"lmproxy_speed\":12.5}"
 }`
 	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 	require.Equal(t, []messages.Registration{
 		{URL: "http://10.0.0.1:23333", Models: []string{"qwen"}, Role: messages.Decode, Speed: 5},
 		{URL: "http://10.0.0.2:23333", Models: []string{"internlm2"}, Role: messages.Hybrid},
+		{URL: "http://10.0.0.3:23333", Models: []string{"qwen"}, Role: messages.Prefill, Speed: 12.5},
+		{URL: "http://10.0.0.4:23333", Models: []string{"qwen"}, Role: messages.Prefill, Speed: 20},
 	}, mustLoad(t, path))
 }
 

@@ -83,8 +83,9 @@ func newServeOptions() (*serveOptions, *flagSet) {
 	s.add(&listValue{p: &o.nodes, check: checkURL}, "nodes", "URLS", "comma-separated replica URLs registered at start as POST /nodes/add\n"+
 		"would; one that does not answer yet is retried in the background until it does,\n"+
 		"so replicas may start after the proxy")
-	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts; its directory\n"+
-		"is created if missing, and a path where no file can be written is refused at start")
+	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts, as LMDeploy's\n"+
+		"proxy_config.json keeps it; its directory is created if missing, and a path\n"+
+		"where no file can be written is refused at start")
 	s.add(boolValue{&o.disableCacheStatus}, "disable-cache-status", "", "do not keep the registry in --state-file")
 	s.add(durationValue{&o.healthInterval, true}, "health-interval", "DURATION", "time between two health probes of one replica").
 		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true)

@@ -143,13 +143,11 @@ func requireStateHolds(t *testing.T, state string, reps ...*proxytest.Replica) {
 	t.Helper()
 	data, err := os.ReadFile(state)
 	require.NoError(t, err)
-	var saved struct {
-		Replicas []struct{ URL string }
-	}
+	var saved map[string]string // LMDeploy's proxy_config.json: URL → the JSON text of its status
 	require.NoError(t, json.Unmarshal(data, &saved), string(data))
 	var got, want []string
-	for _, r := range saved.Replicas {
-		got = append(got, r.URL)
+	for url := range saved {
+		got = append(got, url)
 	}
 	for _, r := range reps {
 		want = append(want, r.URL)
