@@ -44,6 +44,10 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"bad node URL", []string{"--nodes", "http://ok:1,localhost:8000"}, nil, "--nodes"},
 		{"bad env value", nil, map[string]string{"LMPROXY_PORT": "abc"}, "$LMPROXY_PORT for --port"},
 		{"bad LMDeploy env value", nil, map[string]string{"LMDEPLOY_HEALTH_CHECK_TIMEOUT": "soon"}, "--health-timeout"},
+		{"bad heart-beat env value", nil, map[string]string{"LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION": "often"},
+			`invalid value "often" in $LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION for --health-interval`},
+		{"zero heart-beat env value", nil, map[string]string{"LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION": "0"},
+			"$LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION for --health-interval"},
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
 		{"host that does not resolve", []string{"--host", "999.1.1.1"}, nil, `invalid value "999.1.1.1" for --host`},
 		{"alias host that does not resolve", []string{"--server-name", "999.1.1.1"}, nil, "--server-name"},
@@ -120,7 +124,8 @@ func TestServeHelpPrintsFlagsAliasesAndEnvAndExits0(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	require.Equal(t, 0, runServe(context.Background(), []string{"--help"}, &stdout, &stderr))
 	for _, want := range []string{"--host, --server-name", "--port, --server-port", "LMPROXY_PORT",
-		"AIOHTTP_TIMEOUT (seconds)", "LMDEPLOY_HEALTH_CHECK_INTERVAL", "min_observed_latency", "(default 64MiB)"} {
+		"AIOHTTP_TIMEOUT (seconds)", "LMDEPLOY_HEALTH_CHECK_INTERVAL", "LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION (seconds)",
+		"min_observed_latency", "(default 64MiB)"} {
 		require.Contains(t, stdout.String(), want)
 	}
 	require.Empty(t, stderr.String())
@@ -174,6 +179,22 @@ func TestLMDeployEnv(t *testing.T) {
 	t.Setenv("LMPROXY_UPSTREAM_TIMEOUT", "45s")
 	require.Equal(t, 45*time.Second, parseServe(t).upstreamTimeout, "LMPROXY_ beats LMDeploy's variable")
 	require.Equal(t, time.Minute, parseServe(t, "--upstream-timeout", "1m").upstreamTimeout, "the flag beats both")
+}
+
+// LMDeploy's proxy probes every replica's /health each $LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION
+// seconds (proxy.py), so an environment set up for it keeps its interval; lmproxy's own variables, and
+// the SPEC's LMDEPLOY_HEALTH_CHECK_INTERVAL, come first, and the flag beats them all.
+func TestHeartBeatExpirationSetsTheHealthInterval(t *testing.T) {
+	t.Setenv("LMPROXY_HEALTH_INTERVAL", "") // empty is unset: the caller's own settings stay out
+	t.Setenv("LMDEPLOY_HEALTH_CHECK_INTERVAL", "")
+	t.Setenv("LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION", "90")
+	require.Equal(t, 90*time.Second, parseServe(t).healthInterval)
+
+	t.Setenv("LMDEPLOY_HEALTH_CHECK_INTERVAL", "20")
+	require.Equal(t, 20*time.Second, parseServe(t).healthInterval, "LMDEPLOY_HEALTH_CHECK_INTERVAL comes first")
+	t.Setenv("LMPROXY_HEALTH_INTERVAL", "15s")
+	require.Equal(t, 15*time.Second, parseServe(t).healthInterval, "LMPROXY_HEALTH_INTERVAL comes first")
+	require.Equal(t, 5*time.Second, parseServe(t, "--health-interval", "5s").healthInterval, "the flag beats them all")
 }
 
 func TestAliasesAndWordFlags(t *testing.T) {

@@ -88,7 +88,9 @@ func newServeOptions() (*serveOptions, *flagSet) {
 		"where no file can be written is refused at start")
 	s.add(boolValue{&o.disableCacheStatus}, "disable-cache-status", "", "do not keep the registry in --state-file")
 	s.add(durationValue{&o.healthInterval, true}, "health-interval", "DURATION", "time between two health probes of one replica").
-		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true)
+		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true).
+		// LMDeploy's proxy probes every replica's /health this often: the same knob.
+		env("LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION", true)
 	s.add(durationValue{&o.healthTimeout, true}, "health-timeout", "DURATION", "timeout of one health probe and of the probe of /nodes/add").
 		env("LMDEPLOY_HEALTH_CHECK_TIMEOUT", true)
 	s.add(intValue{&o.healthFailures, 1, math.MaxInt}, "health-failures", "N", "consecutive failed probes before a replica is evicted from routing")
