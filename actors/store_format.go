@@ -143,7 +143,7 @@ func decodeLMDeploy(nodes map[string]json.RawMessage) ([]messages.Registration, 
 func fromLMDeploy(url string, st lmdeployStatus) messages.Registration {
 	reg := messages.Registration{URL: url, Models: st.Models, Role: st.Role}
 	switch {
-	case st.Speed == nil:
+	case st.Speed == nil || *st.Speed <= 0: // none; LMDeploy's own example gives -1
 	case st.ExactSpeed != nil && wholeSpeed(*st.ExactSpeed) == *st.Speed:
 		reg.Speed = *st.ExactSpeed
 	default:

@@ -387,14 +387,16 @@ func TestStoreCorruptFileMovedAside(t *testing.T) {
 
 // TestStoreLoadsLMDeployProxyConfig: LMDeploy's proxy_config.json (URL → the JSON text of its status)
 // is read, so a user switching proxies keeps their replicas; a status object written by hand is read
-// too. lmproxy's exact speed is taken only while it rounds to speed, so a speed edited by hand wins.
+// too. lmproxy's exact speed is taken only while it rounds to speed, so a speed edited by hand wins;
+// a speed that is not positive (LMDeploy's example gives -1) is none, as POST /nodes/add takes it.
 func TestStoreLoadsLMDeployProxyConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "proxy_config.json")
 	content := `{
   "http://10.0.0.2:23333": "{\"role\":1,\"models\":[\"internlm2\"],\"unfinished\":3,\"latency\":[0.5],\"speed\":null,\"epd_transfer_backend\":\"http_json\",\"encoder_output_receiver_address\":null}",
   "http://10.0.0.1:23333": {"role": "Decode", "models": ["qwen"], "speed": 5},
   "http://10.0.0.3:23333": "{\"role\":2,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":13,\"lmproxy_speed\":12.5}",
-  "http://10.0.0.4:23333": "{\"role\":2,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":20,\"lmproxy_speed\":12.5}"
+  "http://10.0.0.4:23333": "{\"role\":2,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":20,\"lmproxy_speed\":12.5}",
+  "http://10.0.0.5:23333": "{\"role\":1,\"models\":[\"qwen\"],\"unfinished\":0,\"latency\":[],\"speed\":-1}"
 }`
 	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 	require.Equal(t, []messages.Registration{
@@ -402,6 +404,7 @@ func TestStoreLoadsLMDeployProxyConfig(t *testing.T) {
 		{URL: "http://10.0.0.2:23333", Models: []string{"internlm2"}, Role: messages.Hybrid},
 		{URL: "http://10.0.0.3:23333", Models: []string{"qwen"}, Role: messages.Prefill, Speed: 12.5},
 		{URL: "http://10.0.0.4:23333", Models: []string{"qwen"}, Role: messages.Prefill, Speed: 20},
+		{URL: "http://10.0.0.5:23333", Models: []string{"qwen"}, Role: messages.Hybrid}, // LMDeploy's -1: no speed
 	}, mustLoad(t, path))
 }
 
