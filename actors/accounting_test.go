@@ -238,7 +238,6 @@ func TestLatencyWindow(t *testing.T) {
 	others := []messages.Outcome{messages.UpstreamError, messages.Timeout, messages.ClientGone, messages.Panic, messages.Rejected}
 	for i := range 20 {
 		bad, good := r.mustAcquire(testModel), r.mustAcquire(testModel)
-		// Release the failure first: the OK after it resets the passive-failure count.
 		r.Release(bad, others[i%len(others)], 99*time.Second)
 		r.Release(good, messages.OK, time.Duration(i+1)*100*time.Millisecond)
 	}
@@ -303,26 +302,30 @@ func TestReAddClosesCircuit(t *testing.T) {
 	r.requireNoMiscount()
 }
 
-// TestUpstreamErrorsOpenCircuitAfterThree: PassiveFailures (default 3) consecutive failures open
-// the circuit; an OK in between starts the count again.
-func TestUpstreamErrorsOpenCircuitAfterThree(t *testing.T) {
+// TestUpstreamErrorsAndTimeoutsNeverOpenCircuit pins the breaker as a denial-of-service lever: a 5xx
+// answer, a broken answer or a timeout can be one client's doing (LMDeploy answers 500 to a single
+// bad request; one long generation outlasts --upstream-timeout), so any number of them in a row
+// leaves the replica routable. A refused connection, which no request can cause, still opens it.
+func TestUpstreamErrorsAndTimeoutsNeverOpenCircuit(t *testing.T) {
 	r := startRegistry(t, actors.Config{HealthInterval: time.Hour, Probe: newFakeProbe(answerHealthy).probe, CircuitCooldown: time.Hour})
 	const url = "http://a"
 	r.mustRegister(hybrid(url, 1), messages.HealthHealthy)
-	fail := func(o messages.Outcome) { r.Release(r.mustAcquire(testModel), o, time.Second) }
-	fail(messages.UpstreamError)
-	fail(messages.UpstreamError)
-	fail(messages.OK)
-	fail(messages.UpstreamError)
-	fail(messages.Timeout)
+	end := func(o messages.Outcome) { r.Release(r.mustAcquire(testModel), o, time.Second) }
+	for range 5 {
+		end(messages.UpstreamError)
+		end(messages.UpstreamError)
+		end(messages.UpstreamError)
+		end(messages.Timeout)
+	}
 	s := r.mustReplica(url, false)
 	require.Equal(t, messages.CircuitClosed, s.Circuit)
 	require.True(t, s.Routable)
-	fail(messages.UpstreamError)
+	end(messages.DialError)
 	s = r.mustReplica(url, false)
 	require.Equal(t, messages.CircuitOpen, s.Circuit)
 	require.False(t, s.Routable)
 	require.Equal(t, messages.NoRoutableReplica, r.acquire(testModel).Status)
+	r.requireNoMiscount()
 }
 
 // takeTrial acquires the half-open trial and checks that a second acquire is refused while it is in
@@ -346,7 +349,7 @@ func takeTrial(t *testing.T, r *testRegistry, cooldown time.Duration) messages.L
 }
 
 // TestHalfOpenAllowsOneTrial: after the cool-down one trial request goes through; a second one
-// concurrent with it is refused; a failed trial opens the circuit again and an OK one closes it.
+// concurrent with it is refused; a refused trial opens the circuit again and an OK one closes it.
 func TestHalfOpenAllowsOneTrial(t *testing.T) {
 	const cooldown = 100 * time.Millisecond
 	r := startRegistry(t, actors.Config{HealthInterval: time.Hour, Probe: newFakeProbe(answerHealthy).probe, CircuitCooldown: cooldown})
@@ -367,9 +370,9 @@ func TestHalfOpenAllowsOneTrial(t *testing.T) {
 	require.True(t, r.mustReplica(url, false).Routable)
 	trial := takeTrial(t, r, cooldown)
 
-	// A failed trial opens the circuit for another cool-down.
+	// A refused trial opens the circuit for another cool-down.
 	failed := time.Now()
-	r.Release(trial, messages.UpstreamError, time.Second)
+	r.Release(trial, messages.DialError, 0)
 	s := r.mustReplica(url, false)
 	if time.Since(failed) < cooldown {
 		require.Equal(t, messages.CircuitOpen, s.Circuit)
@@ -416,25 +419,35 @@ func TestHalfOpenOneTrialWithOlderRequestsInFlight(t *testing.T) {
 	r.requireNoMiscount()
 }
 
-// TestHalfOpenTrialEndingClientGoneAllowsNextTrial: a trial whose client left says nothing about the
+// TestHalfOpenTrialVerdicts: a trial whose client left, or that timed out, says nothing about the
 // replica; the circuit stays half-open and lets another trial through within a cool-down, so it can
-// never stay shut for good.
-func TestHalfOpenTrialEndingClientGoneAllowsNextTrial(t *testing.T) {
-	const cooldown = 20 * time.Millisecond
-	r := startRegistry(t, actors.Config{HealthInterval: time.Hour, Probe: newFakeProbe(answerHealthy).probe, CircuitCooldown: cooldown})
-	const url = "http://a"
-	r.mustRegister(hybrid(url, 1), messages.HealthHealthy)
-	r.Release(r.mustAcquire(testModel), messages.DialError, 0)
-	routable := func() bool { return r.mustReplica(url, false).Routable }
-	waitFor(t, "the circuit to half-open", routable)
-	r.Release(r.mustAcquire(testModel), messages.ClientGone, time.Second)
-	require.NotEqual(t, messages.CircuitClosed, r.mustReplica(url, false).Circuit, "client_gone is no verdict")
-	waitFor(t, "room for the next trial", routable)
-	r.Release(r.mustAcquire(testModel), messages.Rejected, time.Second)
-	s := r.mustReplica(url, false)
-	require.Equal(t, messages.CircuitClosed, s.Circuit, "a 4xx answer shows the replica is up")
-	require.True(t, s.Routable)
-	require.Equal(t, 0, s.Unfinished)
+// never stay shut for good. A trial the replica answered, even 4xx or 5xx, shows it takes
+// connections and closes the circuit: a client whose requests fail that way must not keep a replica
+// out of routing once one refused connection opened its circuit.
+func TestHalfOpenTrialVerdicts(t *testing.T) {
+	for _, c := range []struct{ none, answered messages.Outcome }{
+		{messages.ClientGone, messages.Rejected},
+		{messages.Timeout, messages.UpstreamError},
+	} {
+		t.Run(c.none.String()+"/"+c.answered.String(), func(t *testing.T) {
+			const cooldown = 20 * time.Millisecond
+			r := startRegistry(t, actors.Config{HealthInterval: time.Hour, Probe: newFakeProbe(answerHealthy).probe, CircuitCooldown: cooldown})
+			const url = "http://a"
+			r.mustRegister(hybrid(url, 1), messages.HealthHealthy)
+			r.Release(r.mustAcquire(testModel), messages.DialError, 0)
+			routable := func() bool { return r.mustReplica(url, false).Routable }
+			waitFor(t, "the circuit to half-open", routable)
+			r.Release(r.mustAcquire(testModel), c.none, time.Second)
+			require.Equal(t, messages.CircuitHalfOpen, r.mustReplica(url, false).Circuit, "%s is no verdict", c.none)
+			waitFor(t, "room for the next trial", routable)
+			r.Release(r.mustAcquire(testModel), c.answered, time.Second)
+			s := r.mustReplica(url, false)
+			require.Equal(t, messages.CircuitClosed, s.Circuit, "an answer shows the replica takes connections")
+			require.True(t, s.Routable)
+			require.Equal(t, 0, s.Unfinished)
+			r.requireNoMiscount()
+		})
+	}
 }
 
 // TestCancelledAcquireTakesNoLease: a caller whose context has ended gets its error and counts

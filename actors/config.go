@@ -27,8 +27,7 @@ type Config struct {
 	HealthTimeout   time.Duration    // one probe; default 5s
 	HealthFailures  int              // consecutive failed probes before eviction; default 2
 	DownTTL         time.Duration    // how long an evicted replica stays on the down list; default 10m
-	PassiveFailures int              // consecutive 5xx or timeouts on the request path that open the circuit; default 3
-	CircuitCooldown time.Duration    // how long an open circuit keeps traffic away; default 10s
+	CircuitCooldown time.Duration    // how long a circuit opened by a refused connection keeps traffic away; default 10s
 	Probe           ProbeFunc        // default HTTPProbe with its own client
 	// OnChange is called from the registry actor's goroutine with every registration after each
 	// change (add, replace, remove), for persistence, without the registry's lock held. It must not
@@ -58,9 +57,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DownTTL <= 0 {
 		c.DownTTL = 10 * time.Minute
-	}
-	if c.PassiveFailures <= 0 {
-		c.PassiveFailures = 3
 	}
 	if c.CircuitCooldown <= 0 {
 		c.CircuitCooldown = 10 * time.Second

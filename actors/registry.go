@@ -30,12 +30,12 @@ type entry struct {
 	window     []float64 // the last latencyWindow successful request durations, seconds, oldest first
 	downSince  time.Time
 
-	passiveFails int
-	circuitOpen  bool
-	openUntil    time.Time
+	circuitOpen bool
+	openUntil   time.Time
 	// trialUntil: a half-open trial request is in flight. Only an outcome that judges the replica
 	// ends it early: a lease does not say whether it was the trial, and a neutral release (the client
-	// left) may be an older request's, so the trial otherwise blocks others for one cool-down.
+	// left, a timeout) may be an older request's, so the trial otherwise blocks others for one
+	// cool-down.
 	trialUntil time.Time
 }
 
@@ -202,11 +202,15 @@ type releaseNote uint8
 const (
 	noteMiscount      releaseNote = 1 << iota // a release without a matching acquire
 	noteCircuitClosed                         // the replica answered again
-	noteCircuitOpened                         // requests to the replica are failing
+	noteCircuitOpened                         // the replica refused a connection
 )
 
 // release ends one request: the in-flight count falls, the latency window and the breaker learn the
-// outcome.
+// outcome. The breaker opens on a refused connection only, the one failure a client's request
+// cannot cause: LMDeploy answers 500 to a single bad request, and one long generation can outlast
+// --upstream-timeout, so if 5xx answers, broken answers or timeouts opened it, one client could take
+// every replica out of routing. A replica that is really down is evicted by its health probes
+// (SPEC §5).
 func (rt router) release(l messages.Lease, o messages.Outcome, elapsed time.Duration) releaseNote {
 	e := rt.st.entries[l.URL]
 	if e == nil || e.gen != l.Gen {
@@ -218,9 +222,11 @@ func (rt router) release(l messages.Lease, o messages.Outcome, elapsed time.Dura
 	} else {
 		e.unfinished--
 	}
-	switch {
-	case o == messages.OK || o == messages.Rejected:
-		e.passiveFails, e.trialUntil = 0, time.Time{}
+	switch o {
+	case messages.OK, messages.Rejected, messages.UpstreamError:
+		// The replica took the connection (an UpstreamError is a 5xx or an answer broken on the
+		// way): it is reachable, which is all the circuit judges.
+		e.trialUntil = time.Time{}
 		if e.circuitOpen {
 			e.circuitOpen = false
 			note |= noteCircuitClosed
@@ -228,14 +234,11 @@ func (rt router) release(l messages.Lease, o messages.Outcome, elapsed time.Dura
 		if o == messages.OK {
 			e.recordLatency(elapsed)
 		}
-	case o.CountsAgainstReplica():
-		e.passiveFails++
-		if o == messages.DialError || e.passiveFails >= rt.cfg.PassiveFailures || e.circuitOpen {
-			if !e.circuitOpen {
-				note |= noteCircuitOpened
-			}
-			e.circuitOpen, e.openUntil, e.trialUntil = true, time.Now().Add(rt.cfg.CircuitCooldown), time.Time{}
+	case messages.DialError:
+		if !e.circuitOpen {
+			note |= noteCircuitOpened
 		}
+		e.circuitOpen, e.openUntil, e.trialUntil = true, time.Now().Add(rt.cfg.CircuitCooldown), time.Time{}
 	}
 	return note
 }
@@ -250,7 +253,7 @@ func (n releaseNote) log(log logrus.FieldLogger, url string, o messages.Outcome)
 	}
 	if n&noteCircuitOpened != 0 {
 		log.WithFields(logrus.Fields{"replica": url, "outcome": o.String()}).
-			Warn("circuit opened: requests to the replica are failing")
+			Warn("circuit opened: the replica refused a connection")
 	}
 }
 
@@ -305,7 +308,7 @@ func (g *registry) upsert(m messages.Register) (actorID uint64, regs []messages.
 	e.health, e.failures, e.downSince = m.Health, 0, time.Time{}
 	// A new registration starts with a closed circuit, as it starts with the health it was given:
 	// an add has just probed the replica, and SPEC §4 makes it routable at once.
-	e.passiveFails, e.circuitOpen, e.openUntil, e.trialUntil = 0, false, time.Time{}, time.Time{}
+	e.circuitOpen, e.openUntil, e.trialUntil = false, time.Time{}, time.Time{}
 	g.st.nextGen++ // actor IDs must never repeat: hollywood silently reuses a live actor with the same ID
 	return g.st.nextGen, g.reindex()
 }

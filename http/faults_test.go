@@ -228,3 +228,39 @@ func TestRefusingReplicaGetsOneAttemptBeforeItsCircuitOpens(t *testing.T) {
 	require.Equal(t, len(live.Requests("/v1/chat/completions")), int(sum(m, "lmproxy_requests_total{", `status="200"`, `route="/v1/chat/completions"`)),
 		"every request was served by the live replica")
 }
+
+// One client must not take a one-replica deployment out of routing: requests that the replica answers
+// 500, breaks mid-answer or lets outlast --upstream-timeout can all be that client's doing, so none
+// of them opens the replica's circuit, however many come in a row. They still count as upstream
+// errors; the next request is served.
+func TestFailingRequestsNeverOpenTheCircuit(t *testing.T) {
+	p, reps := proxytest.StartCluster(t, proxytest.ProxyConfig{
+		HTTP:   lmhttpTimeout(200 * time.Millisecond),
+		Actors: actors.Config{HealthInterval: time.Hour, CircuitCooldown: time.Hour},
+	}, 1, proxytest.ReplicaConfig{})
+	rep := reps[0]
+	for _, c := range []struct {
+		fault proxytest.Fault
+		code  int
+	}{
+		{proxytest.Fault{Status: http.StatusInternalServerError}, http.StatusInternalServerError},
+		{proxytest.Fault{CutAfter: -1}, http.StatusBadGateway},
+		{proxytest.Fault{Hang: true}, http.StatusGatewayTimeout},
+	} {
+		rep.SetFault(c.fault)
+		for range 3 {
+			code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+			require.Equal(t, c.code, code, "%+v: %s", c.fault, body)
+		}
+		rs := replicaStatus(t, p, rep.URL)
+		require.Equal(t, messages.CircuitClosed, rs.Circuit, "%+v", c.fault)
+		require.True(t, rs.Routable, "%+v", c.fault)
+	}
+	rep.SetFault(proxytest.Fault{})
+	code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	p.WaitIdle(t, faultWait)
+	m := scrape(t, p.URL)
+	require.EqualValues(t, 6, sum(m, "lmproxy_upstream_errors_total{", `replica="`+rep.URL+`"`, `kind="upstream_error"`))
+	require.EqualValues(t, 3, sum(m, "lmproxy_upstream_errors_total{", `replica="`+rep.URL+`"`, `kind="timeout"`))
+}

@@ -26,7 +26,8 @@ func (o Outcome) String() string {
 	return outcomeNames[o]
 }
 
-// CountsAgainstReplica reports whether the outcome is the replica's fault, for passive health.
+// CountsAgainstReplica reports whether the outcome is a failure on the replica's side, for the
+// upstream-error metrics. The circuit breaker opens on DialError alone (see the registry).
 func (o Outcome) CountsAgainstReplica() bool {
 	return o == UpstreamError || o == DialError || o == Timeout
 }

@@ -12,13 +12,14 @@ const (
 	HealthDown         Health = "down"         // evicted after --health-failures failures; still probed
 )
 
-// Circuit is the passive-health breaker of a replica, driven by what requests see.
+// Circuit is the passive-health breaker of a replica, driven by what requests see: a refused
+// connection opens it.
 type Circuit string
 
 // The breaker states.
 const (
 	CircuitClosed   Circuit = "closed"    // traffic flows
-	CircuitOpen     Circuit = "open"      // failures seen on the request path; no traffic until the cool-down ends
+	CircuitOpen     Circuit = "open"      // a request's connection was refused; no traffic until the cool-down ends
 	CircuitHalfOpen Circuit = "half_open" // one trial request allowed
 )
 
