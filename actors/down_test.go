@@ -1,6 +1,7 @@
 package actors_test
 
 import (
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -104,4 +105,29 @@ func TestDownReplicaExpiresAfterDownTTL(t *testing.T) {
 	require.Equal(t, messages.UnknownModel, r.acquire(testModel).Status)
 	require.Equal(t, 0, r.replicaActors(10), "the expired replica's actor is stopped")
 	require.False(t, r.mustDeregister(url), "the expired replica is no longer registered")
+}
+
+// TestUnknownReplicaEvictedOnlyAfterOneHealthInterval: a replica not heard from since it was
+// registered (added before it listens, or restored from the state file) is probed every second or
+// health interval, whichever is shorter, but its failures count only once one health interval has
+// passed since the registration; from then on the usual --health-failures rule evicts it.
+func TestUnknownReplicaEvictedOnlyAfterOneHealthInterval(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	for _, failures := range []int{1, 2} {
+		t.Run(strconv.Itoa(failures), func(t *testing.T) {
+			p := newFakeProbe(answerFail)
+			r := startRegistry(t, actors.Config{HealthInterval: interval, HealthFailures: failures, Probe: p.probe})
+			const url = "http://a"
+			registered := time.Now()
+			r.mustRegister(messages.Registration{URL: url, Models: []string{testModel}, Role: messages.Hybrid}, messages.HealthUnknown)
+			var s messages.ReplicaStatus // as first seen down: later probes of the down list add failures
+			waitFor(t, "the replica's eviction", func() bool {
+				s = r.mustReplica(url, true)
+				return s.Health == messages.HealthDown
+			})
+			require.GreaterOrEqual(t, s.DownSince.Sub(registered), interval, "evicted within its first health interval")
+			require.Equal(t, failures, s.Failures, "failures count from the end of the first interval")
+			require.GreaterOrEqual(t, p.calls(url), failures+1, "probed during its first interval too")
+		})
+	}
 }

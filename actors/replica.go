@@ -24,11 +24,12 @@ type probeResult struct {
 // replicaState is a replica actor's memory. It lives in the producer's closure, so a replica actor
 // that panics is restarted by hollywood with its health and failure count intact.
 type replicaState struct {
-	url       string
-	health    messages.Health
-	failures  int
-	downSince time.Time
-	backoff   time.Duration
+	url        string
+	health     messages.Health
+	registered time.Time // when the registration began, for inGrace
+	failures   int
+	downSince  time.Time
+	backoff    time.Duration
 }
 
 // replica is the actor of one replica: it owns the health loop, the consecutive-failure count and
@@ -47,7 +48,7 @@ type replica struct {
 
 // newReplica returns the producer of a replica actor starting in health.
 func newReplica(cfg *Config, registry *actor.PID, url string, health messages.Health) actor.Producer {
-	st := &replicaState{url: url, health: health}
+	st := &replicaState{url: url, health: health, registered: time.Now()}
 	return func() actor.Receiver {
 		return &replica{st: st, cfg: cfg, registry: registry}
 	}
@@ -134,6 +135,8 @@ func (r *replica) apply(c *actor.Context, res probeResult) {
 		if st.health != messages.HealthDown {
 			st.health = messages.HealthInitializing
 		}
+	case r.inGrace():
+		r.cfg.Log.WithField("replica", st.url).WithError(res.err).Debug("health probe failed; not counted yet")
 	default:
 		st.failures++
 		r.cfg.Log.WithField("replica", st.url).WithError(res.err).Debug("health probe failed")
@@ -152,6 +155,15 @@ func (r *replica) apply(c *actor.Context, res probeResult) {
 	if st.health != before.health || st.failures != before.failures {
 		c.Send(r.registry, messages.HealthReport{URL: st.url, Health: st.health, Failures: st.failures})
 	}
+}
+
+// inGrace reports whether a failed probe is not counted: the replica has not answered since it was
+// registered, less than one health interval ago. LMDeploy's api_server registers before it listens,
+// and a restored replica may be starting with the proxy; counted, the probes every unknownInterval
+// would evict them within seconds, and the down list would then hold them back for a health
+// interval or more. Meanwhile it stays unknown and unroutable.
+func (r *replica) inGrace() bool {
+	return r.st.health == messages.HealthUnknown && time.Since(r.st.registered) < r.cfg.HealthInterval
 }
 
 // unknownInterval is how often a replica that has not answered since it was registered is probed,

@@ -275,16 +275,61 @@ func TestNodesAddBeforeTheReplicaListens(t *testing.T) {
 	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"})
 	require.Equal(t, http.StatusServiceUnavailable, code, string(body))
 
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
-	require.NoError(t, err)
-	n, err := strconv.Atoi(port)
-	require.NoError(t, err)
-	proxytest.StartReplica(t, proxytest.ReplicaConfig{Port: n, Models: []string{"m1"}})
+	proxytest.StartReplica(t, proxytest.ReplicaConfig{Port: portOf(t, url), Models: []string{"m1"}})
 	require.Eventually(t, func() bool { return p.Status(t)[0].Health == messages.HealthHealthy }, 5*time.Second, 10*time.Millisecond,
 		"routable once it answers, long before the health interval")
 	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"})
 	require.Equal(t, http.StatusOK, code, string(body))
 	p.WaitIdle(t, 2*time.Second) // the answer leaves before its lease is released
+}
+
+// portOf returns the port of a replica URL such as DeadAddr's.
+func portOf(t *testing.T, url string) int {
+	t.Helper()
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
+	require.NoError(t, err)
+	n, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	return n
+}
+
+// An api_server that listens seconds after it registered (loading its model) was evicted by the
+// second of its probes a second apart (--health-failures 2), left /nodes/status, and came back only
+// at the down list's backoff, a whole --health-interval later. For its first health interval it now
+// stays listed as unknown, and is routable within about a probe's gap of listening.
+func TestReplicaListeningSecondsAfterItsAddIsNotEvicted(t *testing.T) {
+	const late = 3 * time.Second
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{Actors: actors.Config{HealthInterval: time.Hour, HealthFailures: 2}})
+	url := proxytest.DeadAddr(t)
+	added := time.Now()
+	code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(`{"url": "`+url+`", "status": {"models": ["m1"], "role": 1}}`))
+	require.Equal(t, http.StatusOK, code, string(body))
+
+	// health polls the replica's health until it is not unknown or the deadline passes; it is never
+	// down meanwhile.
+	health := func(deadline time.Time) messages.Health {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			st := p.Status(t)
+			require.Len(t, st, 1)
+			h := st[0].Health
+			require.NotEqual(t, messages.HealthDown, h, "%v after the add", time.Since(added))
+			if h != messages.HealthUnknown || time.Now().After(deadline) {
+				return h
+			}
+			<-tick.C
+		}
+	}
+	require.Equal(t, messages.HealthUnknown, health(added.Add(late)), "nothing listens yet")
+	proxytest.StartReplica(t, proxytest.ReplicaConfig{Port: portOf(t, url), Models: []string{"m1"}})
+	listening := time.Now()
+	require.Equal(t, messages.HealthHealthy, health(listening.Add(2500*time.Millisecond)),
+		"healthy within a probe's gap of listening")
+	t.Logf("healthy %v after it listened", time.Since(listening))
+	code, _, body = postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "m1"})
+	require.Equal(t, http.StatusOK, code, string(body))
+	p.WaitIdle(t, 2*time.Second)
 }
 
 // A 405 names the methods the route serves (RFC 9110 §15.5.6), in the body group of its path.
