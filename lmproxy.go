@@ -76,6 +76,7 @@ func Start(cfg Config) (*Proxy, error) {
 	cfg.Actors.Probe = p.Metrics.CountProbes(cfg.Actors.Probe)
 	p.stopEvents = actors.SpawnEventMonitor(e, cfg.Actors.Log, p.Metrics.ActorEvent)
 
+	cfg.Actors.OnChange = chain(cfg.Actors.OnChange, p.Metrics.KeepReplicas)
 	var restored []messages.Registration
 	if cfg.StateFile != "" {
 		p.store = actors.OpenStore(cfg.StateFile, log)

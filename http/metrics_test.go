@@ -155,3 +155,35 @@ func TestLeavingAfterTheWholeAnswerIsNoDisconnect(t *testing.T) {
 	require.Zero(t, sum(m, "lmproxy_client_disconnects_total{"))
 	p.WaitIdle(t, 2*time.Second)
 }
+
+// A replica that leaves takes its series with it: replicas that come and go must not grow the
+// scrape. One replaced under the same URL keeps them.
+func TestMetricsDropARemovedReplica(t *testing.T) {
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{})
+	gone := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	kept := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	p.MustAdd(t, gone, kept)
+	for i := 0; i < 4; i++ {
+		code, _, body := postJSON(t, p.URL+"/v1/chat/completions", map[string]any{"model": "sim-model", "stream": true})
+		require.Equal(t, http.StatusOK, code, string(body))
+	}
+	p.WaitIdle(t, 2*time.Second)
+	before := scrape(t, p.URL)
+	for _, rep := range []*proxytest.Replica{gone, kept} {
+		require.NotZero(t, sum(before, "lmproxy_requests_total", `replica="`+rep.URL+`"`), "each replica served")
+	}
+	code, _, body := postJSON(t, p.URL+"/nodes/remove", map[string]any{"url": gone.URL})
+	require.Equal(t, http.StatusOK, code, string(body))
+	p.MustAdd(t, kept) // a replacement keeps its series
+	require.Eventually(t, func() bool {
+		for k := range scrape(t, p.URL) {
+			if strings.Contains(k, gone.URL) {
+				return false
+			}
+		}
+		return true
+	}, 2*time.Second, 10*time.Millisecond, "the removed replica's series are dropped")
+	after := scrape(t, p.URL)
+	require.Equal(t, sum(before, "lmproxy_requests_total", `replica="`+kept.URL+`"`),
+		sum(after, "lmproxy_requests_total", `replica="`+kept.URL+`"`))
+}

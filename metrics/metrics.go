@@ -31,10 +31,13 @@ type Metrics struct {
 	actorEvents    *prometheus.CounterVec
 
 	// series holds what Request resolved for each combination of labels: looking a series up by
-	// its labels hashes and checks every label value, half a microsecond per request. Series are
-	// never deleted, so an entry never goes stale; there are as many as the vectors hold.
+	// its labels hashes and checks every label value, half a microsecond per request. A replica's
+	// entries go with its series when it leaves (KeepReplicas).
 	mu     sync.RWMutex
 	series map[seriesKey]*requestSeries
+	// replicas are the replicas registered at the last KeepReplicas; the registry actor's goroutine
+	// alone touches it.
+	replicas map[string]bool
 }
 
 // seriesKey is the labels of one request's series.
@@ -163,6 +166,42 @@ func (m *Metrics) requestSeries(k seriesKey) *requestSeries {
 	}
 	m.series[k] = s
 	return s
+}
+
+// KeepReplicas drops the series of every replica that is no longer registered: regs are the
+// registrations after a change. Without it a proxy whose replicas come and go (each new URL a new
+// label value) would grow its scrape for its whole life. A request still running on a replica that
+// left records it again; the next change drops that too.
+func (m *Metrics) KeepReplicas(regs []messages.Registration) {
+	if m == nil {
+		return
+	}
+	keep := make(map[string]bool, len(regs))
+	for _, r := range regs {
+		keep[r.URL] = true
+	}
+	gone := map[string]bool{}
+	for url := range m.replicas {
+		if !keep[url] {
+			gone[url] = true
+		}
+	}
+	m.mu.Lock()
+	for k := range m.series {
+		if k.replica != "" && !keep[k.replica] {
+			gone[k.replica] = true
+			delete(m.series, k)
+		}
+	}
+	m.mu.Unlock()
+	for url := range gone {
+		labels := prometheus.Labels{"replica": url}
+		m.requests.DeletePartialMatch(labels)
+		m.sseEvents.DeletePartialMatch(labels)
+		m.upstreamErrors.DeletePartialMatch(labels)
+		m.probes.DeletePartialMatch(labels)
+	}
+	m.replicas = keep
 }
 
 // UpstreamError counts one failed attempt on replica that Request never sees: a request retried on
