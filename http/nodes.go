@@ -3,8 +3,10 @@ package http
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -111,8 +113,15 @@ func normalizeURL(raw string) (string, error) {
 		return "", errorf(http.StatusBadRequest, `missing "url"`)
 	}
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", errorf(http.StatusBadRequest, "invalid replica URL "+raw+": want http://host:port")
+	if err != nil {
+		return "", errorf(http.StatusBadRequest, "invalid replica URL: want http://host:port") // raw may hold a password
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errorf(http.StatusBadRequest, "invalid replica URL "+u.Redacted()+": want http://host:port")
+	}
+	if u.User != nil {
+		// They would be shown wherever the URL is (logs, metrics, /nodes/status), and never sent.
+		return "", errorf(http.StatusBadRequest, "invalid replica URL "+u.Redacted()+": credentials (user:password@) are not sent to replicas")
 	}
 	return raw, nil
 }
@@ -200,8 +209,25 @@ func (s *Server) AddReplica(ctx context.Context, rawURL string) error {
 	return s.addReplica(ctx, &messages.Registration{URL: u, Role: messages.Hybrid})
 }
 
+// noHTTP is probeModels' status for a replica that answered, but not in HTTP the proxy could read:
+// a certificate it does not trust, plain HTTP to an https URL. That is a setting to fix, not a
+// replica still starting.
+const noHTTP = -1
+
+// notListening reports whether err says that nothing answers at the address yet: the connection was
+// refused (or not made), or nothing came in time.
+func notListening(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // probeModels asks a replica for its model list: unreachable, failing or empty → 502. status is the
-// HTTP status the replica answered, 0 when it gave no answer at all.
+// HTTP status the replica answered, 0 when nothing answers at its address (refused, timed out), or
+// noHTTP.
 func (s *Server) probeModels(ctx context.Context, base string) (served map[string]bool, status int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
@@ -211,7 +237,11 @@ func (s *Server) probeModels(ctx context.Context, base string) (served map[strin
 	}
 	resp, err := s.admin.Do(req)
 	if err != nil {
-		return nil, 0, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
+		status = noHTTP
+		if notListening(err) {
+			status = 0
+		}
+		return nil, status, errorf(http.StatusBadGateway, "cannot reach "+base+": "+err.Error())
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {

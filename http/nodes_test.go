@@ -59,6 +59,10 @@ func TestNodesAddErrors(t *testing.T) {
 	rep := proxytest.StartReplica(t, proxytest.ReplicaConfig{Models: []string{"m1"}})
 	empty := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
 	empty.SetModels([]string{})
+	untrusted := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"object":"list","data":[{"id":"m1"}]}`)
+	}))
+	t.Cleanup(untrusted.Close)
 	cases := []struct {
 		name string
 		body string
@@ -70,6 +74,11 @@ func TestNodesAddErrors(t *testing.T) {
 		{"not JSON", `{"url": `, http.StatusBadRequest},
 		{"no url", `{}`, http.StatusBadRequest},
 		{"bad url", `{"url": "ftp://x"}`, http.StatusBadRequest},
+		// Answers that are not HTTP the proxy can read are settings to fix, not a replica starting.
+		{"https to a plain replica", `{"url": "https://` + strings.TrimPrefix(rep.URL, "http://") + `", "status": {"models": ["m1"]}}`, http.StatusBadGateway},
+		{"a certificate not trusted", `{"url": "` + untrusted.URL + `", "status": {"models": ["m1"]}}`, http.StatusBadGateway},
+		{"credentials in the url", `{"url": "http://bob:SECRETPW@127.0.0.1:1", "status": {"models": ["m1"]}}`, http.StatusBadRequest},
+		{"credentials in a url that does not parse", `{"url": "http://bob:SECRETPW@127.0.0.1:x"}`, http.StatusBadRequest},
 		{"bad role", `{"url": "` + rep.URL + `", "status": {"role": "Boss"}}`, http.StatusBadRequest},
 	}
 	for _, c := range cases {
@@ -77,6 +86,7 @@ func TestNodesAddErrors(t *testing.T) {
 			code, _, body := postJSON(t, p.URL+"/nodes/add", []byte(c.body))
 			require.Equal(t, c.code, code, string(body))
 			require.NotEmpty(t, decode(t, body)["detail"])
+			require.NotContains(t, string(body), "SECRETPW", "a password is not echoed")
 		})
 	}
 	require.Empty(t, p.Status(t), "a refused registration changes nothing")

@@ -42,6 +42,7 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"bad bool", []string{"--ssl=maybe"}, nil, "--ssl"},
 		{"zero health failures", []string{"--health-failures", "0"}, nil, "--health-failures"},
 		{"bad node URL", []string{"--nodes", "http://ok:1,localhost:8000"}, nil, "--nodes"},
+		{"node URL with credentials", []string{"--nodes", "http://bob:pw@ok:1"}, nil, "must not carry credentials"},
 		{"bad env value", nil, map[string]string{"LMPROXY_PORT": "abc"}, "$LMPROXY_PORT for --port"},
 		{"bad LMDeploy env value", nil, map[string]string{"LMDEPLOY_HEALTH_CHECK_TIMEOUT": "soon"}, "--health-timeout"},
 		{"bad heart-beat env value", nil, map[string]string{"LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION": "often"},

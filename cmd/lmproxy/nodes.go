@@ -99,7 +99,7 @@ func (o *nodesOptions) takeArgs(a nodesAction, args []string) error {
 	case a.url && len(args) > 1:
 		return fmt.Errorf("unexpected argument %q: give one replica URL", args[1])
 	case a.url:
-		if err := checkURL(args[0]); err != nil {
+		if err := checkReplicaURL(args[0]); err != nil {
 			return errors.New("replica URL: " + err.Error())
 		}
 		o.url = args[0]

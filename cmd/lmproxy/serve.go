@@ -80,7 +80,7 @@ func newServeOptions() (*serveOptions, *flagSet) {
 	s.add(stringValue{p: &o.tlsKey}, "tls-key", "FILE", "TLS private key (PEM); turns TLS on")
 	s.add(stringValue{p: &o.tlsCert}, "tls-cert", "FILE", "TLS certificate chain (PEM); turns TLS on")
 	o.log.register(s)
-	s.add(&listValue{p: &o.nodes, check: checkURL}, "nodes", "URLS", "comma-separated replica URLs registered at start as POST /nodes/add\n"+
+	s.add(&listValue{p: &o.nodes, check: checkReplicaURL}, "nodes", "URLS", "comma-separated replica URLs registered at start as POST /nodes/add\n"+
 		"would; one that does not answer yet is retried in the background until it does,\n"+
 		"so replicas may start after the proxy")
 	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts, as LMDeploy's\n"+

@@ -233,6 +233,18 @@ func checkURL(s string) error {
 	return nil
 }
 
+// checkReplicaURL accepts a replica's URL: checkURL's, without credentials, which /nodes/add refuses
+// (they would be shown in logs and metrics, and are never sent).
+func checkReplicaURL(s string) error {
+	if err := checkURL(s); err != nil {
+		return err
+	}
+	if u, _ := url.Parse(s); u.User != nil {
+		return fmt.Errorf("%s: a replica URL must not carry credentials (user:password@)", u.Redacted())
+	}
+	return nil
+}
+
 // hostLookupTimeout bounds the look-up of a listen host's name: a resolver that does not answer
 // should stop the start with the flag's error, not hold it up.
 const hostLookupTimeout = 3 * time.Second
