@@ -34,7 +34,7 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"bad max-body", []string{"--max-body", "12XB"}, nil, "--max-body"},
 		{"unknown routing strategy", []string{"--routing-strategy", "round_robin"}, nil, "--routing-strategy"},
 		{"unknown serving strategy", []string{"--serving-strategy", "Disagg"}, nil, "--serving-strategy"},
-		{"unknown log level", []string{"--log-level", "TRACE"}, nil, "--log-level"},
+		{"unknown log level", []string{"--log-level", "TRACE"}, nil, "want one of DEBUG, INFO, WARNING, ERROR (or CRITICAL, FATAL, NOTSET, WARN)"},
 		{"unknown log format", []string{"--log-format", "xml"}, nil, "--log-format"},
 		{"ssl without files", []string{"--ssl"}, map[string]string{"SSL_KEYFILE": "", "SSL_CERTFILE": ""}, "--ssl"},
 		{"ssl with missing files", []string{"--ssl"}, map[string]string{"SSL_KEYFILE": "/nonexistent/key.pem", "SSL_CERTFILE": "/nonexistent/cert.pem"}, "--ssl"},

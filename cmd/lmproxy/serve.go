@@ -231,7 +231,7 @@ func (o *serveOptions) serve(ctx context.Context, p *lmproxy.Proxy, log *logrus.
 	waitNodes := registerNodes(ctx, p.Server, o.nodes, log)
 
 	<-ctx.Done()
-	log.WithField("timeout", o.shutdownTimeout).Info("shutting down: waiting for running requests")
+	log.WithField("timeout", o.shutdownTimeout.String()).Info("shutting down: waiting for running requests") // "30s", not nanoseconds in JSON
 	waitNodes()
 	closeCtx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()

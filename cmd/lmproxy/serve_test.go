@@ -188,4 +188,5 @@ func TestServeWritesTheAccessLog(t *testing.T) {
 	last := strings.Index(log, `"path":"/health"`)
 	require.Positive(t, last, "the last access line was written at shutdown: %s", log)
 	require.Less(t, last, strings.Index(log, `"msg":"shutting down`), log)
+	require.Regexp(t, `"timeout":"[0-9.]+m?s"`, log, "a duration reads as one in JSON too")
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -138,7 +140,10 @@ func (v enumValue) Set(s string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("want one of %s", strings.Join(v.choices, ", "))
+	if len(v.aliases) == 0 {
+		return fmt.Errorf("want one of %s", strings.Join(v.choices, ", "))
+	}
+	return fmt.Errorf("want one of %s (or %s)", strings.Join(v.choices, ", "), strings.Join(slices.Sorted(maps.Keys(v.aliases)), ", "))
 }
 
 // listValue is a comma-separated list that may be repeated: --model a,b --model c. The first value
