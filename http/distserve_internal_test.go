@@ -3,6 +3,7 @@ package http
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -102,4 +103,17 @@ func TestSetFieldsReplaceEveryCopy(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, bytes.Count(b, []byte(`"migration_request"`)), string(b))
 	require.Equal(t, int64(7), gjson.GetBytes(b, "migration_request.remote_session_id").Int())
+}
+
+// A body of many copies of a key is set up in one pass: the work does not grow with the copies
+// times the body (a client could otherwise spend the proxy's CPU with one request).
+func TestSetFieldsIsOnePass(t *testing.T) {
+	body := []byte(`{"model":"m","messages":"hi"` + strings.Repeat(`,"stream":1`, 2000) + `}`)
+	allocs := testing.AllocsPerRun(3, func() {
+		b, err := prefillBody(body, true)
+		if err != nil || bytes.Count(b, []byte(`"stream"`)) != 1 {
+			t.Fatalf("%v: %.200s", err, b)
+		}
+	})
+	require.LessOrEqual(t, allocs, 10.0)
 }

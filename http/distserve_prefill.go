@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
-	"github.com/tidwall/sjson"
 
 	"github.com/lmproxy/lmproxy/messages"
 )
@@ -92,40 +91,51 @@ func prefillFailure(r *http.Request, ctx context.Context, target string, err err
 }
 
 // prefillBody is the client's body set up for the prefill phase, as LMDeploy's proxy sends it: one
-// token, no stream, and the KV cache kept for the Decode replica to pull. The rest stays byte for byte.
+// token, no stream, and the KV cache kept for the Decode replica to pull. The rest keeps its bytes.
 // LMDeploy's proxy sets max_completion_tokens for chat only; a completion that carries one gets it set
 // too, since it wins over max_tokens and the prefill would otherwise generate the whole answer.
 func prefillBody(body []byte, chat bool) ([]byte, error) {
-	fields := []struct{ path, value string }{
-		{"max_tokens", "1"}, {"max_completion_tokens", "1"}, {"stream", "false"}, {"with_cache", "true"}, {"preserve_cache", "true"},
+	fields := []jsonField{{"max_tokens", "1"}, {"stream", "false"}, {"with_cache", "true"}, {"preserve_cache", "true"}}
+	if chat || gjson.GetBytes(body, "max_completion_tokens").Exists() {
+		fields = append(fields, jsonField{"max_completion_tokens", "1"})
 	}
-	var err error
-	for _, f := range fields {
-		if f.path == "max_completion_tokens" && !chat && !gjson.GetBytes(body, f.path).Exists() {
-			continue
-		}
-		if body, err = setOnly(body, f.path, f.value); err != nil {
-			return nil, err
-		}
-	}
-	return body, nil
+	return setFields(body, fields)
 }
 
-// setOnly sets the body's top-level key to the JSON value raw, as the only key of that name: sjson
-// sets the first of a client's duplicated keys, and the replica's parser takes the last, so a later
-// copy would undo the proxy's value.
-func setOnly(body []byte, key, raw string) ([]byte, error) {
-	for gjson.GetBytes(body, key).Exists() {
-		shorter, err := sjson.DeleteBytes(body, key)
-		if err != nil {
-			return nil, err
-		}
-		if len(shorter) >= len(body) {
-			return nil, fmt.Errorf("cannot remove the request's %q", key)
-		}
-		body = shorter
+// jsonField is a top-level key and the JSON text of its value.
+type jsonField struct{ key, raw string }
+
+// setFields sets the fields of the JSON object body, each as the only key of its name: sjson sets
+// the first of a client's duplicated keys, and the replica's parser takes the last, so a later copy
+// would undo the proxy's value. One pass over body, whatever its copies: the members not set keep
+// their bytes and order, the set ones come last.
+func setFields(body []byte, fields []jsonField) ([]byte, error) {
+	obj := gjson.ParseBytes(body)
+	if !obj.IsObject() {
+		return nil, errors.New("the request is not a JSON object")
 	}
-	return sjson.SetRawBytes(body, key, []byte(raw))
+	out := make([]byte, 0, len(body)+32*len(fields))
+	out = append(out, '{')
+	obj.ForEach(func(k, v gjson.Result) bool {
+		for _, f := range fields {
+			if k.Str == f.key {
+				return true
+			}
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(append(append(out, k.Raw...), ':'), v.Raw...)
+		return true
+	})
+	for _, f := range fields {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendQuote(out, f.key)
+		out = append(append(out, ':'), f.raw...)
+	}
+	return append(out, '}'), nil
 }
 
 // parsePrefillAnswer reads the session, blocks and last token of a prefill answer. Missing blocks or

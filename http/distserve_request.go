@@ -206,5 +206,5 @@ func withMigrationRequest(body []byte, mr migrationRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return setOnly(body, "migration_request", string(raw))
+	return setFields(body, []jsonField{{"migration_request", string(raw)}})
 }
