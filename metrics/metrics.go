@@ -149,6 +149,13 @@ func (m *Metrics) requestSeries(k seriesKey) *requestSeries {
 	if s != nil {
 		return s
 	}
+	// Resolved under the lock KeepReplicas holds while it deletes: a series made between its
+	// deletion and the cache's would be cached, and counted, but never exported again.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.series[k]; s != nil {
+		return s
+	}
 	s = &requestSeries{
 		count:    m.requests.WithLabelValues(k.route, k.model, k.replica, strconv.Itoa(k.status)),
 		duration: m.duration.WithLabelValues(k.route, k.model),
@@ -158,11 +165,6 @@ func (m *Metrics) requestSeries(k seriesKey) *requestSeries {
 	}
 	if k.replica != "" {
 		s.events = m.sseEvents.WithLabelValues(k.replica)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if old := m.series[k]; old != nil {
-		return old
 	}
 	m.series[k] = s
 	return s
@@ -187,13 +189,13 @@ func (m *Metrics) KeepReplicas(regs []messages.Registration) {
 		}
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	for k := range m.series {
 		if k.replica != "" && !keep[k.replica] {
 			gone[k.replica] = true
 			delete(m.series, k)
 		}
 	}
-	m.mu.Unlock()
 	for url := range gone {
 		labels := prometheus.Labels{"replica": url}
 		m.requests.DeletePartialMatch(labels)

@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -73,6 +74,49 @@ func TestRequestSeries(t *testing.T) {
 	require.Equal(t, `lmproxy_upstream_errors_total{kind="upstream_error",replica="http://r1"} 1`,
 		line(t, text, `lmproxy_upstream_errors_total{kind="upstream_error",replica="http://r1"}`))
 	require.NotContains(t, text, `lmproxy_time_to_first_token_seconds_count{model=""}`)
+}
+
+// A replica's requests recorded while KeepReplicas drops it must not leave a cached series that is
+// no longer exported: once the replica is registered again, its requests would be counted where no
+// scrape sees them.
+func TestKeepReplicasAndRequestsAtOnce(t *testing.T) {
+	const url = "http://a:1"
+	regs := []messages.Registration{{URL: url}}
+	requests := func(m *metrics.Metrics) float64 { // 0 when the series is absent
+		for _, l := range strings.Split(scrape(t, m), "\n") {
+			if strings.HasPrefix(l, "lmproxy_requests_total{") && strings.Contains(l, url) {
+				v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+				require.NoError(t, err)
+				return v
+			}
+		}
+		return 0
+	}
+	for attempt := 0; attempt < 300; attempt++ {
+		m := metrics.New(func() []messages.ReplicaStatus { return nil })
+		m.KeepReplicas(regs)
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				m.Request("/v1/chat/completions", "m", url, 200, time.Millisecond, 0, 0, messages.OK)
+			}
+		}()
+		m.KeepReplicas(nil) // the replica leaves while its requests end
+		close(done)
+		wg.Wait()
+		m.KeepReplicas(regs) // and comes back
+		before := requests(m)
+		m.Request("/v1/chat/completions", "m", url, 200, time.Millisecond, 0, 0, messages.OK)
+		require.Equal(t, before+1, requests(m), "attempt %d: the request of the replica registered again is exported", attempt)
+	}
 }
 
 // BenchmarkRequest is what the access log's metrics cost a finished request.
