@@ -318,4 +318,12 @@ func TestServeUnwritableStateFileExits2NamingTheFlag(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	args := append([]string{"--state-file", filepath.Join(blocker, "registry.json"), "--disable-cache-status"}, listen...)
 	require.Equal(t, 0, runServe(ctx, args, &stdout, &stderr), stderr.String())
+
+	// A default path nobody chose (a container whose HOME is not writable) does not stop the proxy:
+	// it starts, and the failed saves are logged, as before the check.
+	t.Setenv("LMPROXY_STATE_FILE", "")
+	t.Setenv("XDG_STATE_HOME", blocker)
+	stdout.Reset()
+	stderr.Reset()
+	require.Equal(t, 0, runServe(ctx, listen, &stdout, &stderr), stderr.String())
 }

@@ -85,7 +85,8 @@ func newServeOptions() (*serveOptions, *flagSet) {
 		"so replicas may start after the proxy")
 	s.add(stringValue{p: &o.stateFile}, "state-file", "FILE", "where the registry of replicas is kept across restarts, as LMDeploy's\n"+
 		"proxy_config.json keeps it; its directory is created if missing, and a path\n"+
-		"where no file can be written is refused at start")
+		"given where no file can be written is refused at start (the default one\n"+
+		"only logs its failed saves)")
 	s.add(boolValue{&o.disableCacheStatus}, "disable-cache-status", "", "do not keep the registry in --state-file")
 	s.add(durationValue{&o.healthInterval, true}, "health-interval", "DURATION", "time between two health probes of one replica").
 		env("LMDEPLOY_HEALTH_CHECK_INTERVAL", true).
@@ -204,8 +205,10 @@ func (o *serveOptions) persistedTo() string {
 
 // checkStateFile refuses a --state-file that could not be written, before anything listens (SPEC
 // §3): otherwise the proxy would serve and only fail, in its log, at the registry's first change.
+// The default path is nobody's choice: where it cannot be written (a container whose HOME is not),
+// the proxy starts and logs the failed saves.
 func (o *serveOptions) checkStateFile() error {
-	if o.persistedTo() == "" {
+	if o.persistedTo() == "" || o.stateFile == actors.DefaultStatePath() {
 		return nil
 	}
 	if err := actors.CheckStateFile(o.stateFile); err != nil {
