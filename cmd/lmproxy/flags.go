@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -128,11 +129,30 @@ func (v setter) String() string { return v.d.value.String() }
 
 func (v setter) Set(s string) error {
 	if err := v.d.value.Set(s); err != nil {
-		v.d.set.err = fmt.Errorf("invalid value %q for --%s: %w", s, v.name, err)
+		v.d.set.err = fmt.Errorf("invalid value %q for --%s: %w", shown(s), v.name, err)
 		return err
 	}
 	v.d.given = true
 	return nil
+}
+
+// shown is a flag's value as an error shows it: the password of a URL in it (a comma-separated list
+// included) is masked, as url.Redacted masks it.
+func shown(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		switch {
+		case err == nil && u.User != nil:
+			parts[i] = u.Redacted()
+		case strings.Contains(p, "@"): // not a URL that parses: it may still hold a password
+			parts[i] = "(a value with user info, not shown)"
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // IsBoolFlag lets switches go without a value (--ssl), as the flag package does for its own.
@@ -187,7 +207,7 @@ func (d *flagDef) fromEnv() error {
 			v = seconds(raw)
 		}
 		if err := d.value.Set(v); err != nil {
-			return fmt.Errorf("invalid value %q in $%s for --%s: %w", raw, e.name, d.name, err)
+			return fmt.Errorf("invalid value %q in $%s for --%s: %w", shown(raw), e.name, d.name, err)
 		}
 		return nil
 	}

@@ -42,7 +42,8 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{"bad bool", []string{"--ssl=maybe"}, nil, "--ssl"},
 		{"zero health failures", []string{"--health-failures", "0"}, nil, "--health-failures"},
 		{"bad node URL", []string{"--nodes", "http://ok:1,localhost:8000"}, nil, "--nodes"},
-		{"node URL with credentials", []string{"--nodes", "http://bob:pw@ok:1"}, nil, "must not carry credentials"},
+		{"node URL with credentials", []string{"--nodes", "http://ok:2,http://bob:hunter2@ok:1"}, nil, "must not carry credentials"},
+		{"bad node URL with credentials", []string{"--nodes", "http://bob:hunter2@ok:1/x?#%zz"}, nil, "--nodes"},
 		{"bad env value", nil, map[string]string{"LMPROXY_PORT": "abc"}, "$LMPROXY_PORT for --port"},
 		{"bad LMDeploy env value", nil, map[string]string{"LMDEPLOY_HEALTH_CHECK_TIMEOUT": "soon"}, "--health-timeout"},
 		{"bad heart-beat env value", nil, map[string]string{"LMDEPLOY_CONTROLLER_HEART_BEAT_EXPIRATION": "often"},
@@ -61,6 +62,7 @@ func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			require.Equal(t, 2, runServe(ctx, tc.args, &stdout, &stderr), stderr.String())
 			requireOneLine(t, stderr.String(), tc.want)
+			require.NotContains(t, stderr.String(), "hunter2", "a password is not shown")
 			require.True(t, strings.HasPrefix(stderr.String(), "lmproxy serve: "), stderr.String())
 			require.Empty(t, stdout.String())
 		})

@@ -233,7 +233,7 @@ func formatSize(n int64) string {
 func checkURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%q is not a URL like http://host:port", s)
+		return fmt.Errorf("%q is not a URL like http://host:port", shown(s))
 	}
 	return nil
 }
