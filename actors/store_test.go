@@ -346,6 +346,7 @@ func TestStoreCorruptFileMovedAside(t *testing.T) {
 		"bad scheme":      ok("ftp://a:1", `["m"]`, "1", "0"),
 		"no host":         ok("http://", `["m"]`, "1", "0"),
 		"trailing slash":  ok("http://a:1/", `["m"]`, "1", "0"),
+		"credentials":     ok("http://bob:pw@a:1", `["m"]`, "1", "0"),
 		"role 0":          ok("http://a:1", `["m"]`, "0", "0"),
 		"role 4":          ok("http://a:1", `["m"]`, "4", "0"),
 		"negative speed":  ok("http://a:1", `["m"]`, "1", "-1"),

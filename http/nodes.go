@@ -117,7 +117,11 @@ func normalizeURL(raw string) (string, error) {
 		return "", errorf(http.StatusBadRequest, "invalid replica URL: want http://host:port") // raw may hold a password
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", errorf(http.StatusBadRequest, "invalid replica URL "+u.Redacted()+": want http://host:port")
+		shown := " " + u.Redacted()
+		if u.User == nil && strings.Contains(raw, "@") {
+			shown = "" // user info the parse did not take as such: it may hold a password
+		}
+		return "", errorf(http.StatusBadRequest, "invalid replica URL"+shown+": want http://host:port")
 	}
 	if u.User != nil {
 		// They would be shown wherever the URL is (logs, metrics, /nodes/status), and never sent.
@@ -217,6 +221,10 @@ const noHTTP = -1
 // notListening reports whether err says that nothing answers at the address yet: the connection was
 // refused (or not made), or nothing came in time.
 func notListening(err error) bool {
+	var dns *net.DNSError
+	if errors.As(err, &dns) && !dns.IsTimeout {
+		return false // a name that does not resolve is a mistake to fix, not a replica starting
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		return true

@@ -79,6 +79,9 @@ func TestNodesAddErrors(t *testing.T) {
 		{"a certificate not trusted", `{"url": "` + untrusted.URL + `", "status": {"models": ["m1"]}}`, http.StatusBadGateway},
 		{"credentials in the url", `{"url": "http://bob:SECRETPW@127.0.0.1:1", "status": {"models": ["m1"]}}`, http.StatusBadRequest},
 		{"credentials in a url that does not parse", `{"url": "http://bob:SECRETPW@127.0.0.1:x"}`, http.StatusBadRequest},
+		{"credentials without a scheme", `{"url": "admin:SECRETPW@10.0.0.1:23333"}`, http.StatusBadRequest},
+		{"credentials after a short scheme", `{"url": "http:/admin:SECRETPW@h:1"}`, http.StatusBadRequest},
+		{"a host that does not resolve", `{"url": "http://no-such..host:23333", "status": {"models": ["m1"]}}`, http.StatusBadGateway}, // an invalid name: no DNS query
 		{"bad role", `{"url": "` + rep.URL + `", "status": {"role": "Boss"}}`, http.StatusBadRequest},
 	}
 	for _, c := range cases {
