@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 
@@ -194,7 +193,7 @@ func (l *linkIO) call(ctx context.Context, method, replica, path string, body an
 	}
 	resp, err := l.client.Do(req)
 	if err != nil {
-		if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+		if dialFailed(err) {
 			return nil, &unreachableError{replica: replica, err: err}
 		}
 		return nil, err

@@ -120,8 +120,9 @@ func (m *migration) shelve(links *actors.Links, pair messages.Pair) {
 
 // decodePhase sends the client's body with the migration request of m (nil under --dummy-prefill) to
 // the leased Decode replica, linking the session's Prefill replica to it first, and passes its answer
-// on as Hybrid does; it releases the lease. It returns how the exchange went for the replica: DialError when it could not
-// be reached, at the link or with the request, and nothing was written to the client.
+// on as Hybrid does; it releases the lease. It returns how the exchange went for the replica:
+// DialError when it could not be reached, at the link or with the request, and nothing was written
+// to the client.
 func (s *Server) decodePhase(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte, m *migration) (messages.Outcome, error) {
 	decode := &heldLease{reg: s.reg, lease: l, start: time.Now()}
 	defer decode.release(messages.Panic)

@@ -225,8 +225,7 @@ func notListening(err error) bool {
 	if errors.As(err, &dns) && !dns.IsTimeout {
 		return false // a name that does not resolve is a mistake to fix, not a replica starting
 	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
+	if dialFailed(err) {
 		return true
 	}
 	var ne net.Error

@@ -84,6 +84,13 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// dialFailed reports whether err, from any client, is a failure to connect (a dial's net.OpError):
+// nothing was sent.
+func dialFailed(err error) bool {
+	op, ok := errors.AsType[*net.OpError](err)
+	return ok && op.Op == "dial"
+}
+
 // isDialError reports whether err means the request never reached the replica.
 func isDialError(err error) bool {
 	var d *dialError
