@@ -22,6 +22,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
 		main() // exits
 	}
+	// warmheap_test.go counts a fresh process's page faults in this binary run again.
+	if mode := os.Getenv(heapFaultsEnv); mode != "" {
+		os.Exit(reportHeapFaults(mode))
+	}
 	// serve persists its registry under the user's state directory by default: keep tests out of it.
 	dir, err := os.MkdirTemp("", "lmproxy-cmd-test")
 	if err != nil {

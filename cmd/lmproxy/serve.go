@@ -132,6 +132,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer batch.Close()
 	log := o.log.logger(batch.Direct())
 	defer routeSlog(log)()
+	warmHeap()
 	p, err := o.start(log, o.log.logger(batch), tlsCfg)
 	if errors.Is(err, syscall.EADDRNOTAVAIL) {
 		// The proxy's listener is the first thing that binds, so nothing listened yet: an address
