@@ -73,7 +73,23 @@ type upConn struct {
 	fd     int // the socket's descriptor, for the relay; -1 under TLS
 	reused bool
 	idleAt time.Time
-	global bool // holds a place under --max-conns
+	global bool  // holds a place under --max-conns
+	ask    asker // what exchange writes its request through
+}
+
+// asker writes a request to a replica's connection. The last write of a request, once last is set,
+// waits for the answer too (netio.WriteWaitRead): the wait then needs no peek of its own.
+type asker struct {
+	net.Conn
+	last, waited bool
+}
+
+func (a *asker) Write(p []byte) (n int, err error) {
+	if !a.last {
+		return a.Conn.Write(p)
+	}
+	n, a.waited, err = netio.WriteWaitRead(a.Conn, p)
+	return n, err
 }
 
 // dialError marks a failure to reach a replica: nothing of the request was sent, so it may be retried
@@ -191,16 +207,19 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, dst target, req *rep
 		return nil, err
 	}
 	bw := requestWriters.Get().(*bufio.Writer)
-	bw.Reset(c.Conn)
+	c.ask = asker{Conn: c.Conn}
+	bw.Reset(&c.ask)
 	writeRequest(bw, dst, req)
+	// Wait for the answer without a read buffer: a replica may think for seconds before its head.
+	// The request's last write waits for it, when the connection can.
+	c.ask.last = c.br == nil
 	err := bw.Flush()
 	bw.Reset(nil)
 	requestWriters.Put(bw)
 	if err != nil {
 		return fail(err)
 	}
-	// Wait for the answer without a read buffer: a replica may think for seconds before its head.
-	if c.br == nil {
+	if c.br == nil && !c.ask.waited {
 		if err := netio.WaitReadable(c.Conn); err != nil {
 			return fail(err)
 		}

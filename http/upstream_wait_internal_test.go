@@ -16,7 +16,8 @@ import (
 
 // A request waits for its replica's answer without a read buffer (a replica may think for seconds
 // before its head, and thousands of requests may wait at once), on a new connection and on one
-// reused after a whole answer; the answer is then read whole.
+// reused after a whole answer; the answer is then read whole. The wait is the request's last write's
+// (netio's WriteWaitRead), with no readiness peek of its own.
 func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -61,8 +62,8 @@ func TestUpstreamWaitsForTheAnswerWithoutReadBuffer(t *testing.T) {
 		io.Copy(io.Discard, req.Body)
 
 		deadline := time.Now().Add(5 * time.Second)
-		for !goroutines.WaitingForIO("netio.(*Conn).WaitRead", "http.(*upstream).exchange") {
-			require.True(t, time.Now().Before(deadline), "request %d did not wait in WaitRead", i)
+		for !goroutines.WaitingForIO("netio.(*Conn).WriteWaitRead", "http.(*upstream).exchange") {
+			require.True(t, time.Now().Before(deadline), "request %d did not wait in WriteWaitRead", i)
 			time.Sleep(time.Millisecond)
 		}
 		io.WriteString(replica, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")

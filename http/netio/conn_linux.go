@@ -16,6 +16,8 @@ type Conn struct {
 	rd, wr   rawOp
 	readable func(uintptr) bool // WaitRead's function for RawConn.Read, made once
 	peeked   bool               // WaitRead looked once and found nothing
+	ask      rawOp              // WriteWaitRead's write
+	asked    bool               // WriteWaitRead wrote all of its bytes and waits
 }
 
 // rawOp is one direction of a Conn: the function RawConn runs, and what it works on. Both are made
@@ -54,6 +56,7 @@ func Wrap(c net.Conn) net.Conn {
 	x.rd = rawOp{wait: rc.Read, fn: x.read}
 	x.wr = rawOp{wait: rc.Write, fn: x.write}
 	x.readable = x.peek
+	x.ask = rawOp{wait: rc.Read, fn: x.writeThenWait}
 	return x
 }
 
@@ -64,6 +67,17 @@ func WaitReadable(c net.Conn) error {
 		return x.WaitRead()
 	}
 	return nil
+}
+
+// WriteWaitRead writes p to c and, when c is a Conn, waits as Conn.WriteWaitRead does (waited
+// true); for any other connection it only writes, and the caller's read does the waiting.
+func WriteWaitRead(c net.Conn, p []byte) (n int, waited bool, err error) {
+	if x, ok := c.(*Conn); ok {
+		n, err = x.WriteWaitRead(p)
+		return n, true, err
+	}
+	n, err = c.Write(p)
+	return n, false, err
 }
 
 // WaitRead waits until the connection has something to read (bytes, its end, or an error) without
@@ -94,6 +108,56 @@ func (c *Conn) peek(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// WriteWaitRead writes all of p, as Write does, then waits as WaitRead does, for an exchange's
+// answer. The wait needs no peek: the write is made inside the wait, after the netpoller forgot
+// what it saw before, so an answer the write leads to wakes it however soon it comes. Bytes that
+// came before the call do not: the caller knows the peer has nothing to say until it is asked (a
+// replica's connection between requests), where a server's connection to a client that may
+// pipeline is not. When the socket takes only part of p, the rest goes the usual way.
+func (c *Conn) WriteWaitRead(p []byte) (int, error) {
+	c.asked = false
+	n, err := c.ask.do(p)
+	if err != nil {
+		op := "read"
+		if n < len(p) {
+			op = "write"
+		}
+		return n, c.opError(op, err)
+	}
+	if n < len(p) {
+		m, err := c.Write(p[n:])
+		if err != nil {
+			return n + m, err
+		}
+		return len(p), c.WaitRead()
+	}
+	return n, nil
+}
+
+// writeThenWait is WriteWaitRead's function for RawConn.Read: called first, it writes and asks to
+// wait; called again, the netpoller woke it for something to read. It stops at a socket that takes
+// no more, for Write to go on with.
+func (c *Conn) writeThenWait(fd uintptr) bool {
+	if c.asked {
+		return true
+	}
+	for c.ask.n < len(c.ask.buf) {
+		n, err := Write(int(fd), c.ask.buf[c.ask.n:])
+		switch err {
+		case nil:
+			c.ask.n += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true
+		default:
+			c.ask.err = err
+			return true
+		}
+	}
+	c.asked = true
+	return false
 }
 
 func (c *Conn) Read(p []byte) (int, error) {

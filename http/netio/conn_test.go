@@ -192,3 +192,126 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// WriteWaitRead sees an answer that comes at once: the peer answers each request as soon as it has
+// it, so a wait that could miss what came during its write would stop the loop at its deadline.
+func TestWriteWaitReadSeesAnImmediateAnswer(t *testing.T) {
+	w, p := pair(t)
+	go func() {
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(p, buf); err != nil {
+				return
+			}
+			if _, err := p.Write([]byte("pong")); err != nil {
+				return
+			}
+		}
+	}()
+	c, buf := w.(*netio.Conn), make([]byte, 4)
+	for i := range 2000 {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		n, err := c.WriteWaitRead([]byte("ping"))
+		require.NoError(t, err, "exchange %d", i)
+		require.Equal(t, 4, n)
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err)
+		require.Equal(t, "pong", string(buf))
+	}
+}
+
+// A request larger than the socket buffers is written whole before the wait, which still ends
+// only when the answer comes.
+func TestWriteWaitReadLargeRequest(t *testing.T) {
+	w, p := pair(t)
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<20)
+	answered := make(chan struct{})
+	go func() {
+		io.ReadFull(p, make([]byte, len(payload)))
+		time.Sleep(20 * time.Millisecond) // the wait must be in the netpoller, not spin
+		close(answered)
+		p.Write([]byte("done"))
+	}()
+	n, err := w.(*netio.Conn).WriteWaitRead(payload)
+	require.NoError(t, err)
+	assert.Equal(t, len(payload), n)
+	select {
+	case <-answered:
+	default:
+		t.Fatal("WriteWaitRead returned before the answer")
+	}
+	b := make([]byte, 8)
+	n, err = w.Read(b)
+	require.NoError(t, err)
+	assert.Equal(t, "done", string(b[:n]))
+}
+
+// The wait ends at the read deadline, and at the peer's end, as WaitRead's does; a write to a
+// connection the peer reset is a write error.
+func TestWriteWaitReadEnds(t *testing.T) {
+	w, p := pair(t)
+	require.NoError(t, w.SetReadDeadline(time.Now().Add(30*time.Millisecond)))
+	n, err := w.(*netio.Conn).WriteWaitRead([]byte("ping"))
+	assert.Equal(t, 4, n, "the request went")
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+	require.NoError(t, w.SetReadDeadline(time.Time{}))
+	go func() {
+		io.ReadFull(p, make([]byte, 8))
+		p.Close()
+	}()
+	_, err = w.(*netio.Conn).WriteWaitRead([]byte("ping"))
+	require.NoError(t, err)
+	_, err = w.Read(make([]byte, 1))
+	assert.Equal(t, io.EOF, err)
+
+	var werr error
+	deadline := time.Now().Add(5 * time.Second)
+	for werr == nil && time.Now().Before(deadline) {
+		_, werr = w.(*netio.Conn).WriteWaitRead([]byte("x"))
+	}
+	var se *os.SyscallError
+	require.ErrorAs(t, werr, &se)
+	assert.Equal(t, "write", se.Syscall)
+}
+
+// WriteWaitRead allocates nothing: it is on every exchange's path.
+func TestWriteWaitReadAllocatesNothing(t *testing.T) {
+	w, p := pair(t)
+	go func() {
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(p, buf); err != nil {
+				return
+			}
+			if _, err := p.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, msg, buf := w.(*netio.Conn), []byte("ping"), make([]byte, 4)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := c.WriteWaitRead(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
+
+// A connection whose peer closed it before the call (a replica's idle connection, say) still ends
+// the wait: the write draws a reset, which wakes it.
+func TestWriteWaitReadAfterThePeerClosed(t *testing.T) {
+	w, p := pair(t)
+	p.Close()
+	c := w.(*netio.Conn)
+	require.NoError(t, c.WaitRead()) // the close was seen before the call
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err := c.WriteWaitRead([]byte("ping"))
+	require.NoError(t, err)
+	_, err = c.Read(make([]byte, 1))
+	assert.Error(t, err, "EOF or a reset")
+	assert.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the wait ran to its deadline")
+}
