@@ -143,18 +143,8 @@ func (c *Conn) writeThenWait(fd uintptr) bool {
 	if c.asked {
 		return true
 	}
-	for c.ask.n < len(c.ask.buf) {
-		n, err := Write(int(fd), c.ask.buf[c.ask.n:])
-		switch err {
-		case nil:
-			c.ask.n += n
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return true
-		default:
-			c.ask.err = err
-			return true
-		}
+	if writeAll(fd, &c.ask) || c.ask.err != nil {
+		return true
 	}
 	c.asked = true
 	return false
@@ -202,21 +192,25 @@ func (c *Conn) Write(p []byte) (int, error) {
 }
 
 // write is the Write function for RawConn.Write: it writes all of buf, or asks to wait.
-func (c *Conn) write(fd uintptr) bool {
-	for c.wr.n < len(c.wr.buf) {
-		n, err := Write(int(fd), c.wr.buf[c.wr.n:])
+func (c *Conn) write(fd uintptr) bool { return !writeAll(fd, &c.wr) }
+
+// writeAll writes what is left of o.buf, counting it in o.n; it stops at an error, kept in o.err,
+// and reports blocked when the socket takes no more for now.
+func writeAll(fd uintptr, o *rawOp) (blocked bool) {
+	for o.n < len(o.buf) {
+		n, err := Write(int(fd), o.buf[o.n:])
 		switch err {
 		case nil:
-			c.wr.n += n
+			o.n += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return false
-		default:
-			c.wr.err = err
 			return true
+		default:
+			o.err = err
+			return false
 		}
 	}
-	return true
+	return false
 }
 
 // opError wraps err as net.Conn's own Read and Write do, so callers can test it the same way

@@ -193,21 +193,24 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
+// answerPings answers each 4-byte request on p with "pong" at once, until p fails.
+func answerPings(p net.Conn) {
+	buf, pong := make([]byte, 4), []byte("pong")
+	for {
+		if _, err := io.ReadFull(p, buf); err != nil {
+			return
+		}
+		if _, err := p.Write(pong); err != nil {
+			return
+		}
+	}
+}
+
 // WriteWaitRead sees an answer that comes at once: the peer answers each request as soon as it has
 // it, so a wait that could miss what came during its write would stop the loop at its deadline.
 func TestWriteWaitReadSeesAnImmediateAnswer(t *testing.T) {
 	w, p := pair(t)
-	go func() {
-		buf := make([]byte, 4)
-		for {
-			if _, err := io.ReadFull(p, buf); err != nil {
-				return
-			}
-			if _, err := p.Write([]byte("pong")); err != nil {
-				return
-			}
-		}
-	}()
+	go answerPings(p)
 	c, buf := w.(*netio.Conn), make([]byte, 4)
 	for i := range 2000 {
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
@@ -278,17 +281,7 @@ func TestWriteWaitReadEnds(t *testing.T) {
 // WriteWaitRead allocates nothing: it is on every exchange's path.
 func TestWriteWaitReadAllocatesNothing(t *testing.T) {
 	w, p := pair(t)
-	go func() {
-		buf := make([]byte, 4)
-		for {
-			if _, err := io.ReadFull(p, buf); err != nil {
-				return
-			}
-			if _, err := p.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
+	go answerPings(p)
 	c, msg, buf := w.(*netio.Conn), []byte("ping"), make([]byte, 4)
 	allocs := testing.AllocsPerRun(100, func() {
 		if _, err := c.WriteWaitRead(msg); err != nil {
