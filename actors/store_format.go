@@ -157,13 +157,10 @@ func checkRegistration(r messages.Registration) error {
 	u, err := url.Parse(r.URL)
 	switch {
 	case err == nil && u.User != nil:
-		// /nodes/add refuses credentials in a replica URL; shown, they would reach the log.
-		return errors.New("a URL with user info (not shown)")
+		// /nodes/add refuses credentials in a replica URL.
+		return fmt.Errorf("%s: a URL with user info", messages.ShownURL(r.URL))
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.HasSuffix(r.URL, "/"):
-		if strings.Contains(r.URL, "@") {
-			return errors.New("an invalid URL with an @ (not shown: it may hold a password)")
-		}
-		return fmt.Errorf("invalid URL %q", r.URL)
+		return fmt.Errorf("invalid URL %q", messages.ShownURL(r.URL))
 	case r.Role < messages.Hybrid || r.Role > messages.Decode:
 		return fmt.Errorf("%s: invalid role %d", r.URL, r.Role)
 	case r.Speed < 0:

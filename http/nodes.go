@@ -113,19 +113,12 @@ func normalizeURL(raw string) (string, error) {
 		return "", errorf(http.StatusBadRequest, `missing "url"`)
 	}
 	u, err := url.Parse(raw)
-	if err != nil {
-		return "", errorf(http.StatusBadRequest, "invalid replica URL: want http://host:port") // raw may hold a password
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		shown := " " + u.Redacted()
-		if u.User == nil && strings.Contains(raw, "@") {
-			shown = "" // user info the parse did not take as such: it may hold a password
-		}
-		return "", errorf(http.StatusBadRequest, "invalid replica URL"+shown+": want http://host:port")
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errorf(http.StatusBadRequest, "invalid replica URL "+messages.ShownURL(raw)+": want http://host:port")
 	}
 	if u.User != nil {
 		// They would be shown wherever the URL is (logs, metrics, /nodes/status), and never sent.
-		return "", errorf(http.StatusBadRequest, "invalid replica URL "+u.Redacted()+": credentials (user:password@) are not sent to replicas")
+		return "", errorf(http.StatusBadRequest, "invalid replica URL "+messages.ShownURL(raw)+": credentials (user:password@) are not sent to replicas")
 	}
 	return raw, nil
 }

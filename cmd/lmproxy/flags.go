@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lmproxy/lmproxy/messages"
 )
 
 // envPrefix starts the environment variable of every flag: --max-body is read from
@@ -136,21 +137,15 @@ func (v setter) Set(s string) error {
 	return nil
 }
 
-// shown is a flag's value as an error shows it: the password of a URL in it (a comma-separated list
-// included) is masked, as url.Redacted masks it.
+// shown is a flag's value as an error shows it: a URL in it (a comma-separated list included) as
+// messages.ShownURL shows one, without its password.
 func shown(s string) string {
 	if !strings.Contains(s, "@") {
 		return s
 	}
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		switch {
-		case err == nil && u.User != nil:
-			parts[i] = u.Redacted()
-		case strings.Contains(p, "@"): // not a URL that parses: it may still hold a password
-			parts[i] = "(a value with user info, not shown)"
-		}
+		parts[i] = messages.ShownURL(strings.TrimSpace(p))
 	}
 	return strings.Join(parts, ",")
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lmproxy/lmproxy/messages"
 )
 
 // The flag.Value types of the commands. Each checks its value when it is set, so a bad one is
@@ -245,7 +247,7 @@ func checkReplicaURL(s string) error {
 		return err
 	}
 	if u, _ := url.Parse(s); u.User != nil {
-		return fmt.Errorf("%s: a replica URL must not carry credentials (user:password@)", u.Redacted())
+		return fmt.Errorf("%s: a replica URL must not carry credentials (user:password@)", messages.ShownURL(s))
 	}
 	return nil
 }
