@@ -206,8 +206,10 @@ func answerPings(p net.Conn) {
 	}
 }
 
-// WriteWaitRead sees an answer that comes at once: the peer answers each request as soon as it has
-// it, so a wait that could miss what came during its write would stop the loop at its deadline.
+// WriteWaitRead returns each answer of a peer that answers as soon as it has the request, 2,000
+// times in a row, and leaves the answer for the read. (That the write is made after the netpoller's
+// reset, so that no answer can come unseen, is by construction: no timing a test can force puts an
+// answer between a write and the wait after it.)
 func TestWriteWaitReadSeesAnImmediateAnswer(t *testing.T) {
 	w, p := pair(t)
 	go answerPings(p)
