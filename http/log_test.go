@@ -3,6 +3,7 @@ package http_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"sync"
@@ -93,4 +94,40 @@ func TestJSONAccessLogAndNoSecrets(t *testing.T) {
 	require.True(t, msgs["replica removed"])
 	require.NotContains(t, string(sink.Bytes()), "sk-very-secret")
 	require.NotContains(t, string(sink.Bytes()), "sk-wrong-guess")
+}
+
+// A request still waiting for its replica when the shutdown's time runs out is cut by the proxy:
+// its access line says so (503, outcome shutdown), and it is not counted as a client that left.
+func TestShutdownCutIsLoggedAsShutdown(t *testing.T) {
+	var sink syncBuffer
+	log := logrus.New()
+	log.SetOutput(&sink)
+	log.SetFormatter(&logrus.JSONFormatter{})
+	cfg := proxytest.ProxyConfig{HTTP: lmhttp.Config{Log: log}, Actors: actors.Config{Log: log}}
+	p, reps := proxytest.StartCluster(t, cfg, 1, proxytest.ReplicaConfig{TTFT: time.Minute})
+
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.Post(p.URL+"/v1/chat/completions", "application/json",
+			bytes.NewReader([]byte(`{"model":"sim-model"}`)))
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return reps[0].Active() == 1 }, 5*time.Second, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	require.Error(t, p.Proxy.Close(ctx), "the request outlived the shutdown's time")
+	require.Error(t, <-done, "a cut request gets no answer")
+
+	var access map[string]any
+	for _, l := range jsonLines(t, sink.Bytes()) {
+		if l["msg"] == "request" && l["path"] == "/v1/chat/completions" {
+			access = l
+		}
+	}
+	require.NotNil(t, access, "the cut request has its access line")
+	require.EqualValues(t, http.StatusServiceUnavailable, access["status"])
+	require.Equal(t, "shutdown", access["outcome"])
 }

@@ -134,10 +134,16 @@ func (s *Server) finishRequest(t *tracked, r *http.Request) {
 
 // accessLog writes one line per request and records it in the metrics.
 func (s *Server) accessLog(t *tracked, r *http.Request) {
+	if t.decided && t.outcome == messages.ClientGone && s.srv != nil && s.srv.Cut() {
+		// Close cancelled it: the client did not leave, the proxy stopped.
+		t.outcome = messages.Shutdown
+	}
 	status := t.status
 	switch {
 	case status == 0 && t.decided && t.outcome == messages.ClientGone:
 		status = statusClientGone
+	case status == 0 && t.decided && t.outcome == messages.Shutdown:
+		status = http.StatusServiceUnavailable
 	case status == 0:
 		status = http.StatusOK
 	}

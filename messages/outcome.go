@@ -14,9 +14,10 @@ const (
 	Panic                        // our handler panicked
 	Rejected                     // the replica answered 4xx: the request's fault, not the replica's
 	Unused                       // the request never went to the replica: DistServe failed before it
+	Shutdown                     // the proxy cut it: --shutdown-timeout ran out before it ended
 )
 
-var outcomeNames = [...]string{"ok", "upstream_error", "dial_error", "timeout", "client_gone", "panic", "rejected", "unused"}
+var outcomeNames = [...]string{"ok", "upstream_error", "dial_error", "timeout", "client_gone", "panic", "rejected", "unused", "shutdown"}
 
 // String returns the outcome's name as logs and metrics show it.
 func (o Outcome) String() string {

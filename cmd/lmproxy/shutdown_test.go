@@ -216,7 +216,8 @@ func TestSIGTERMLetsRunningStreamsFinish(t *testing.T) {
 }
 
 // SIGTERM with streams longer than --shutdown-timeout: they are cut when it runs out, the replicas
-// see their requests cancelled, the process still exits 0 and the state file lists both replicas.
+// see their requests cancelled, the access lines say the proxy cut them (not their clients), the
+// process still exits 0 and the state file lists both replicas.
 func TestSIGTERMCutsStreamsAtShutdownTimeout(t *testing.T) {
 	const streams, tokens = 20, 400 // 20 s per stream
 	p, reps, state, results := shutdownSetup(t, tokens, streams, "--shutdown-timeout", "300ms")
@@ -236,5 +237,8 @@ func TestSIGTERMCutsStreamsAtShutdownTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { return reps[0].Cancelled()+reps[1].Cancelled() == streams },
 		5*time.Second, time.Millisecond, "the replicas must see every request cancelled: %d", reps[0].Cancelled()+reps[1].Cancelled())
 	require.Contains(t, p.stderr.String(), "were cut")
+	log := p.stderr.String()
+	require.Equal(t, streams, strings.Count(log, `"outcome":"shutdown"`), "each cut stream's access line says the proxy cut it")
+	require.NotContains(t, log, `"outcome":"client_gone"`, "no client left")
 	requireStateHolds(t, state, reps...)
 }
