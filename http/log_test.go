@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -130,4 +131,31 @@ func TestShutdownCutIsLoggedAsShutdown(t *testing.T) {
 	require.NotNil(t, access, "the cut request has its access line")
 	require.EqualValues(t, http.StatusServiceUnavailable, access["status"])
 	require.Equal(t, "shutdown", access["outcome"])
+}
+
+// A request the server refuses before any route sees it (a malformed head) still has its access
+// line: status, the reason and the client's address, which is all there is to find a broken client.
+func TestRefusedHeadHasAnAccessLine(t *testing.T) {
+	var sink syncBuffer
+	log := logrus.New()
+	log.SetOutput(&sink)
+	log.SetFormatter(&logrus.JSONFormatter{})
+	p := proxytest.StartProxy(t, proxytest.ProxyConfig{HTTP: lmhttp.Config{Log: log}, Actors: actors.Config{Log: log}})
+
+	code, _ := rawRequest(t, strings.TrimPrefix(p.URL, "http://"), "GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+	require.Equal(t, http.StatusBadRequest, code)
+	var access map[string]any
+	require.Eventually(t, func() bool {
+		for _, l := range jsonLines(t, sink.Bytes()) {
+			if l["msg"] == "request" {
+				access = l
+				return true
+			}
+		}
+		return false
+	}, 2*time.Second, time.Millisecond)
+	require.EqualValues(t, http.StatusBadRequest, access["status"])
+	require.Equal(t, "too many Host headers", access["error"])
+	require.Contains(t, access["remote"], "127.0.0.1:")
+	require.Equal(t, "info", access["level"])
 }

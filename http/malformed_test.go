@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -224,6 +225,8 @@ func TestMalformedRequestsAreRefusedAndLeaveNoTrace(t *testing.T) {
 			if c.keyed {
 				target, auth = keyed, []string{"Authorization", "Bearer k1"}
 			}
+			refusedSeries := `lmproxy_requests_total{model="",replica="",route="",status="` + strconv.Itoa(c.code) + `"}`
+			refusedBefore := scrape(t, target.URL)[refusedSeries]
 			code, body := c.send(t, target.URL)
 			require.Equal(t, c.code, code, "%s", clip(body))
 			switch c.shape {
@@ -237,6 +240,9 @@ func TestMalformedRequestsAreRefusedAndLeaveNoTrace(t *testing.T) {
 				require.Less(t, len(body), 4<<10, "the error does not echo what the client sent: %s", clip(body))
 			case shapeServer:
 				require.GreaterOrEqual(t, code, 400)
+				// Refused before any route saw it, it is still counted, with its status.
+				require.Eventually(t, func() bool { return scrape(t, target.URL)[refusedSeries] == refusedBefore+1 },
+					faultWait, time.Millisecond, "%s counted once", refusedSeries)
 			}
 
 			// The proxy keeps serving, on a new connection and on the same proxy.

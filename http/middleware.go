@@ -186,6 +186,16 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	entry.Info("request")
 }
 
+// refused logs and counts a request the server answered before any route saw it (a malformed head),
+// so that a broken client shows in the access log and the metrics as the others do. It has no
+// request ID, method or path: they were not read.
+func (s *Server) refused(remote string, status int, reason string) {
+	s.cfg.Metrics.Request("", "", "", status, 0, 0, 0, statusOutcome(status))
+	if infoEnabled(s.access) {
+		s.access.WithFields(logrus.Fields{"status": status, "error": reason, "remote": remote}).Info("request")
+	}
+}
+
 // routeLabel records the matched route's template (never the raw path: labels must stay bounded).
 func routeLabel(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -165,6 +165,7 @@ func (s *Server) Open(addr string) error {
 		MaxHeaderBytes:    s.limits.maxHeaderBytes,
 		TLSConfig:         s.cfg.TLS,
 		ErrorLog:          newStdLogger(s.log),
+		Refused:           s.refused,
 	}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, h1.ErrServerClosed) {

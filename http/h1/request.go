@@ -443,4 +443,7 @@ func (c *conn) refuse(err error) {
 	bw.WriteString(text + ": " + re.msg)
 	bw.Flush()
 	c.linger = true // the rest of the request may follow
+	if c.s.Refused != nil {
+		c.s.Refused(c.remote, re.status, re.msg)
+	}
 }

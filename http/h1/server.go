@@ -26,6 +26,9 @@ type Server struct {
 	MaxHeaderBytes    int           // larger request headers get 431; 0 means 1 MiB
 	TLSConfig         *tls.Config   // when set, every connection is TLS
 	ErrorLog          *log.Logger   // handler panics and failed handshakes; nil: the log package's
+	// Refused, when set, is told of each request the server answered itself because it could not
+	// read it (a malformed head: 400, 417, 431, 501, 505), after the answer: no handler saw it.
+	Refused func(remote string, status int, reason string)
 
 	mu       sync.Mutex
 	ln       net.Listener
