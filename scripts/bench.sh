@@ -89,25 +89,37 @@ OUT=$WORK/make-bench-$STAMP.jsonl
 # Per-request access logging at INFO would put a log write on every request: ERROR keeps the hot
 # path free of it. No state file: the benchmark must not depend on or change the user's registry.
 TARGET_CMD="$LMPROXY serve --host 127.0.0.1 --port {port} --nodes {upstreams} --disable-cache-status --log-level ERROR"
-HARNESS_CMD="TARGET=\"$TARGETS\" TARGET_NAME=lmproxy TARGET_CMD='$TARGET_CMD' REPS=1 SCENARIOS=<one of: $SCENARIOS>"
+HARNESS_CMD="TARGET=\"<$TARGETS, rotated by the repetition>\" TARGET_NAME=lmproxy TARGET_CMD='$TARGET_CMD' REPS=1 SCENARIOS=<one of: $SCENARIOS>"
 for v in A1_REQUESTS A64_DURATION B_DURATION C_CONC C_DURATION LB; do
 	[[ -n ${!v:-} ]] && HARNESS_CMD+=" $v=${!v}"
 done
 HARNESS_CMD+=" OUT=<part> $BENCH/run.sh"
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 
-# harness SCENARIO: one repetition of one scenario for every target, appended to OUT once it all
+# rotated N: the targets rotated left by N places. Repetition r runs them rotated by r-1, so that
+# over the repetitions each target runs early and late in its round: with a fixed order the last
+# target always ran one or two minutes after nginx, and whatever the machine did in between (it
+# drifts by more than the proxies differ) fell on it alone.
+rotated() {
+	local -a t
+	read -ra t <<<"$TARGETS"
+	local n=$(($1 % ${#t[@]}))
+	local -a r=("${t[@]:n}" "${t[@]:0:n}")
+	echo "${r[*]}"
+}
+
+# harness SCENARIO REP: one repetition of one scenario for every target, appended to OUT once it all
 # worked. run.sh stops at its first failing command, and one of them fails now and then on a busy
 # machine (its awk over /proc/*/stat exits 2 when a process ends between the glob and the read), so
 # each scenario is retried on its own rather than losing the whole run. Targets still run back to
-# back, so drift on the machine hits them alike. (run.sh names its logs in $WORK/logs after its own
+# back, in the repetition's order. (run.sh names its logs in $WORK/logs after its own
 # repetition, always 1 here: they are the last repetition's.)
 harness() {
 	local part=$WORK/make-bench-$STAMP.part rc try
 	for try in 1 2 3; do
 		rm -f "$part"
 		rc=0
-		TARGET=$TARGETS TARGET_NAME=lmproxy TARGET_CMD=$TARGET_CMD REPS=1 SCENARIOS=$1 OUT=$part bash "$BENCH/run.sh" || rc=$?
+		TARGET=$(rotated $(($2 - 1))) TARGET_NAME=lmproxy TARGET_CMD=$TARGET_CMD REPS=1 SCENARIOS=$1 OUT=$part bash "$BENCH/run.sh" || rc=$?
 		if ((rc == 0)); then
 			cat "$part" >>"$OUT"
 			rm -f "$part"
@@ -121,7 +133,7 @@ harness() {
 echo "bench: $REPS repetition(s) of: $HARNESS_CMD" >&2
 for rep in $(seq "$REPS"); do
 	for sc in $SCENARIOS; do
-		harness "$sc" || skip "scenario $sc, repetition $rep: the harness failed 3 times (logs in $WORK/logs)"
+		harness "$sc" "$rep" || skip "scenario $sc, repetition $rep: the harness failed 3 times (logs in $WORK/logs)"
 	done
 done
 [[ -s $OUT ]] || die "the harness produced no results"
@@ -250,7 +262,8 @@ BLOCK=$WORK/performance-block-$STAMP.md
 	echo
 	echo "Measured $STARTED by \`$INVOKED\`$([[ ${QUICK:-} == 1 ]] && echo " (QUICK: one repetition, short runs; indicative only)")."
 	echo "Medians of $REPS repetition(s); the harness is \`$BENCH/run.sh\`, run once per scenario and"
-	echo "repetition with every target back to back, each scenario run with fresh replicas and a fresh proxy."
+	echo "repetition with every target back to back (the order rotated by one place per repetition), each"
+	echo "scenario run with fresh replicas and a fresh proxy."
 	echo
 	echo "Machine:"
 	echo
