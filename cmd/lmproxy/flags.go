@@ -39,6 +39,7 @@ type flagDef struct {
 	aliases []string
 	envs    []envVar // LMDeploy's variables, read after $LMPROXY_<FLAG>
 	given   bool     // set on the command line, under any spelling
+	inEnv   bool     // set from the environment
 	spaced  bool     // any number of values may follow it, as LMDeploy's nargs='*' takes them
 }
 
@@ -204,9 +205,21 @@ func (d *flagDef) fromEnv() error {
 		if err := d.value.Set(v); err != nil {
 			return fmt.Errorf("invalid value %q in $%s for --%s: %w", shown(raw), e.name, d.name, err)
 		}
+		d.inEnv = true
 		return nil
 	}
 	return nil
+}
+
+// chosen reports whether the user set the flag name, on the command line or in the environment,
+// rather than left it at its default.
+func (s *flagSet) chosen(name string) bool {
+	for _, d := range s.flags {
+		if d.name == name {
+			return d.given || d.inEnv
+		}
+	}
+	return false
 }
 
 // envVars lists the flag's variables, first wins: $LMPROXY_<FLAG>, then LMDeploy's.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/lmproxy/lmproxy/actors"
 )
 
 func TestServeBadFlagExits2WithOneLineNamingTheFlag(t *testing.T) {
@@ -328,4 +330,11 @@ func TestServeUnwritableStateFileExits2NamingTheFlag(t *testing.T) {
 	stdout.Reset()
 	stderr.Reset()
 	require.Equal(t, 0, runServe(ctx, listen, &stdout, &stderr), stderr.String())
+
+	// The same path given on the command line was chosen: it is checked.
+	stdout.Reset()
+	stderr.Reset()
+	args = append([]string{"--state-file", actors.DefaultStatePath()}, listen...)
+	require.Equal(t, 2, runServe(ctx, args, &stdout, &stderr), stderr.String())
+	require.Contains(t, stderr.String(), "for --state-file")
 }

@@ -123,7 +123,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return s.exit(err, stdout, stderr)
 	}
-	if err := o.checkStateFile(); err != nil {
+	if err := o.checkStateFile(s.chosen("state-file")); err != nil {
 		return s.exit(err, stdout, stderr)
 	}
 	// The access log's lines wait up to accessLogInterval to go out in batches; every other line
@@ -206,10 +206,10 @@ func (o *serveOptions) persistedTo() string {
 
 // checkStateFile refuses a --state-file that could not be written, before anything listens (SPEC
 // §3): otherwise the proxy would serve and only fail, in its log, at the registry's first change.
-// The default path is nobody's choice: where it cannot be written (a container whose HOME is not),
-// the proxy starts and logs the failed saves.
-func (o *serveOptions) checkStateFile() error {
-	if o.persistedTo() == "" || o.stateFile == actors.DefaultStatePath() {
+// Only a path the user chose (chosen) is checked: where the default cannot be written (a container
+// whose HOME is not), the proxy starts and logs the failed saves.
+func (o *serveOptions) checkStateFile(chosen bool) error {
+	if o.persistedTo() == "" || !chosen {
 		return nil
 	}
 	if err := actors.CheckStateFile(o.stateFile); err != nil {
