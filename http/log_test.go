@@ -3,7 +3,6 @@ package http_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -117,9 +116,7 @@ func TestShutdownCutIsLoggedAsShutdown(t *testing.T) {
 		done <- err
 	}()
 	require.Eventually(t, func() bool { return reps[0].Active() == 1 }, 5*time.Second, time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	require.Error(t, p.Proxy.Close(ctx), "the request outlived the shutdown's time")
+	require.Error(t, p.CloseWithin(50*time.Millisecond), "the request outlived the shutdown's time")
 	require.Error(t, <-done, "a cut request gets no answer")
 
 	var access map[string]any

@@ -49,12 +49,19 @@ func StartProxy(tb testing.TB, cfg ProxyConfig) *Proxy {
 }
 
 // Close stops the proxy, giving running requests a few seconds. It is safe to call twice.
-func (p *Proxy) Close() {
+func (p *Proxy) Close() { p.CloseWithin(5 * time.Second) }
+
+// CloseWithin stops the proxy, giving running requests up to wait before they are cut, and returns
+// lmproxy.Proxy.Close's error. Only the first call (of it or Close) stops the proxy; later ones
+// return nil.
+func (p *Proxy) CloseWithin(wait time.Duration) error {
+	var err error
 	p.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		p.Proxy.Close(ctx)
+		err = p.Proxy.Close(ctx)
 	})
+	return err
 }
 
 // MustAdd registers replicas through POST /nodes/add, as a replica would, and fails the test unless
