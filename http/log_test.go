@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -131,28 +132,60 @@ func TestShutdownCutIsLoggedAsShutdown(t *testing.T) {
 }
 
 // A request the server refuses before any route sees it (a malformed head) still has its access
-// line: status, the reason and the client's address, which is all there is to find a broken client.
+// line: status, the reason, the client's address and how long its head took, which is all there is
+// to find a broken or slow client. The duration counts in the metrics too.
 func TestRefusedHeadHasAnAccessLine(t *testing.T) {
 	var sink syncBuffer
 	log := logrus.New()
 	log.SetOutput(&sink)
 	log.SetFormatter(&logrus.JSONFormatter{})
 	p := proxytest.StartProxy(t, proxytest.ProxyConfig{HTTP: lmhttp.Config{Log: log}, Actors: actors.Config{Log: log}})
-
-	code, _ := rawRequest(t, strings.TrimPrefix(p.URL, "http://"), "GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-	require.Equal(t, http.StatusBadRequest, code)
-	var access map[string]any
-	require.Eventually(t, func() bool {
-		for _, l := range jsonLines(t, sink.Bytes()) {
-			if l["msg"] == "request" {
-				access = l
-				return true
+	addr := strings.TrimPrefix(p.URL, "http://")
+	refusedLines := func(n int) []map[string]any {
+		var lines []map[string]any
+		require.Eventually(t, func() bool {
+			lines = nil
+			for _, l := range jsonLines(t, sink.Bytes()) {
+				if l["msg"] == "request" {
+					lines = append(lines, l)
+				}
 			}
-		}
-		return false
-	}, 2*time.Second, time.Millisecond)
+			return len(lines) >= n
+		}, 2*time.Second, time.Millisecond)
+		return lines
+	}
+
+	code, _ := rawRequest(t, addr, "GET /v1/models HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+	require.Equal(t, http.StatusBadRequest, code)
+	access := refusedLines(1)[0]
 	require.EqualValues(t, http.StatusBadRequest, access["status"])
 	require.Equal(t, "too many Host headers", access["error"])
 	require.Contains(t, access["remote"], "127.0.0.1:")
 	require.Equal(t, "info", access["level"])
+	require.Less(t, access["duration_ms"], 100.0, "a head that came whole is refused at once")
+
+	// A head that arrives in two parts, the second a known time after the first: its refusal's
+	// duration is at least that long.
+	const pause = 150 * time.Millisecond
+	conn, err := net.DialTimeout("tcp", addr, faultWait)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(faultWait)))
+	_, err = conn.Write([]byte("GET /v1/models HTTP/1.1\r\nHost: a\r\n"))
+	require.NoError(t, err)
+	time.Sleep(pause)
+	_, err = conn.Write([]byte("Host: b\r\n\r\n"))
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	access = refusedLines(2)[1]
+	require.Equal(t, "too many Host headers", access["error"])
+	require.GreaterOrEqual(t, access["duration_ms"], float64(pause.Milliseconds()), "the head's time is its refusal's duration")
+
+	// Both refusals are in the duration histogram, the slow one above the pause.
+	m := scrape(t, p.URL)
+	require.EqualValues(t, 2, m[`lmproxy_request_duration_seconds_count{model="",route=""}`])
+	require.GreaterOrEqual(t, m[`lmproxy_request_duration_seconds_sum{model="",route=""}`], pause.Seconds())
 }

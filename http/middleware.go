@@ -189,10 +189,15 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 // refused logs and counts a request the server answered before any route saw it (a malformed head),
 // so that a broken client shows in the access log and the metrics as the others do. It has no
 // request ID, method or path: they were not read.
-func (s *Server) refused(remote string, status int, reason string) {
-	s.cfg.Metrics.Request("", "", "", status, 0, 0, 0, statusOutcome(status))
+func (s *Server) refused(remote string, status int, reason string, elapsed time.Duration) {
+	s.cfg.Metrics.Request("", "", "", status, elapsed, 0, 0, statusOutcome(status))
 	if infoEnabled(s.access) {
-		s.access.WithFields(logrus.Fields{"status": status, "error": reason, "remote": remote}).Info("request")
+		s.access.WithFields(logrus.Fields{
+			"status":      status,
+			"error":       reason,
+			"remote":      remote,
+			"duration_ms": float64(elapsed.Microseconds()) / 1000,
+		}).Info("request")
 	}
 }
 

@@ -61,7 +61,8 @@ type conn struct {
 
 	linger bool // the client may still be sending what the server did not read: see lingerClose
 
-	headDeadline bool // the read deadline is ReadHeaderTimeout's, for a head that had not all arrived
+	headDeadline bool      // the read deadline is ReadHeaderTimeout's, for a head that had not all arrived
+	headAt       time.Time // when a head that had not all arrived with its first bytes began; zero if it had
 
 	mu       sync.Mutex
 	state    connState
@@ -159,10 +160,16 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 		return false
 	}
 	// Most heads arrive whole with their first byte: reading them cannot wait, so they need no
-	// deadline of their own (a deadline costs a runtime timer update each time it is set).
-	switch h := c.s.ReadHeaderTimeout; {
-	case h > 0 && !headBuffered(br):
-		c.setReadDeadline(time.Now().Add(h))
+	// deadline of their own (a deadline costs a runtime timer update each time it is set), and the
+	// time they take to arrive, which a refusal reports, is nil.
+	h := c.s.ReadHeaderTimeout
+	c.headAt = time.Time{}
+	if (h > 0 || c.s.Refused != nil) && !headBuffered(br) {
+		c.headAt = time.Now()
+	}
+	switch {
+	case h > 0 && !c.headAt.IsZero():
+		c.setReadDeadline(c.headAt.Add(h))
 		c.headDeadline = true
 	case d > 0:
 		c.setReadDeadline(time.Time{})

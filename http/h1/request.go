@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // requestError is a request the server refuses before any handler sees it.
@@ -444,6 +445,10 @@ func (c *conn) refuse(err error) {
 	bw.Flush()
 	c.linger = true // the rest of the request may follow
 	if c.s.Refused != nil {
-		c.s.Refused(c.remote, re.status, re.msg)
+		var elapsed time.Duration
+		if !c.headAt.IsZero() {
+			elapsed = time.Since(c.headAt)
+		}
+		c.s.Refused(c.remote, re.status, re.msg, elapsed)
 	}
 }

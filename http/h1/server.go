@@ -28,7 +28,9 @@ type Server struct {
 	ErrorLog          *log.Logger   // handler panics and failed handshakes; nil: the log package's
 	// Refused, when set, is told of each request the server answered itself because it could not
 	// read it (a malformed head: 400, 417, 431, 501, 505), after the answer: no handler saw it.
-	Refused func(remote string, status int, reason string)
+	// elapsed runs from the head's first bytes to the answer; it is 0 for a head that arrived whole
+	// with them, which is refused within microseconds.
+	Refused func(remote string, status int, reason string, elapsed time.Duration)
 
 	mu       sync.Mutex
 	ln       net.Listener
