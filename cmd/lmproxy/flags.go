@@ -110,12 +110,20 @@ func (s *flagSet) joinSpaced(args []string) []string {
 	return out
 }
 
-// spacedFlag returns the spaced flag spelt name (any of its spellings), or nil.
-func (s *flagSet) spacedFlag(name string) *flagDef {
+// def returns the flag spelt name (any of its spellings), or nil.
+func (s *flagSet) def(name string) *flagDef {
 	if f := s.fs.Lookup(name); f != nil {
-		if v, ok := f.Value.(setter); ok && v.d.spaced {
+		if v, ok := f.Value.(setter); ok {
 			return v.d
 		}
+	}
+	return nil
+}
+
+// spacedFlag returns the spaced flag spelt name (any of its spellings), or nil.
+func (s *flagSet) spacedFlag(name string) *flagDef {
+	if d := s.def(name); d != nil && d.spaced {
+		return d
 	}
 	return nil
 }
@@ -214,12 +222,8 @@ func (d *flagDef) fromEnv() error {
 // chosen reports whether the user set the flag name, on the command line or in the environment,
 // rather than left it at its default.
 func (s *flagSet) chosen(name string) bool {
-	for _, d := range s.flags {
-		if d.name == name {
-			return d.given || d.inEnv
-		}
-	}
-	return false
+	d := s.def(name)
+	return d != nil && (d.given || d.inEnv)
 }
 
 // envVars lists the flag's variables, first wins: $LMPROXY_<FLAG>, then LMDeploy's.

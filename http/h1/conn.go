@@ -161,7 +161,7 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	}
 	// Most heads arrive whole with their first byte: reading them cannot wait, so they need no
 	// deadline of their own (a deadline costs a runtime timer update each time it is set), and the
-	// time they take to arrive, which a refusal reports, is nil.
+	// time they take to arrive, which a refusal reports, is taken as zero.
 	h := c.s.ReadHeaderTimeout
 	c.headAt = time.Time{}
 	if (h > 0 || c.s.Refused != nil) && !headBuffered(br) {
