@@ -134,7 +134,7 @@ func (s *Server) finishRequest(t *tracked, r *http.Request) {
 
 // accessLog writes one line per request and records it in the metrics.
 func (s *Server) accessLog(t *tracked, r *http.Request) {
-	if t.decided && t.outcome == messages.ClientGone && s.srv != nil && s.srv.Cut() {
+	if t.decided && t.outcome == messages.ClientGone && cutByServer(t.ResponseWriter) {
 		// Close cancelled it: the client did not leave, the proxy stopped.
 		t.outcome = messages.Shutdown
 	}
@@ -161,7 +161,7 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 		"method":      r.Method,
 		"path":        r.URL.Path,
 		"status":      status,
-		"duration_ms": float64(elapsed.Microseconds()) / 1000,
+		"duration_ms": millis(elapsed),
 		"bytes":       t.written,
 	}
 	if t.model != "" {
@@ -171,7 +171,7 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 		f["replica"] = t.replica
 	}
 	if t.ttft > 0 {
-		f["ttft_ms"] = float64(t.ttft.Microseconds()) / 1000
+		f["ttft_ms"] = millis(t.ttft)
 	}
 	if t.decided {
 		f["outcome"] = t.outcome.String()
@@ -196,10 +196,19 @@ func (s *Server) refused(remote string, status int, reason string, elapsed time.
 			"status":      status,
 			"error":       reason,
 			"remote":      remote,
-			"duration_ms": float64(elapsed.Microseconds()) / 1000,
+			"duration_ms": millis(elapsed),
 		}).Info("request")
 	}
 }
+
+// cutByServer reports whether the server's Close cut w's connection (h1's answers say so).
+func cutByServer(w http.ResponseWriter) bool {
+	c, ok := writerAs[interface{ Cut() bool }](w)
+	return ok && c.Cut()
+}
+
+// millis is d in milliseconds to the microsecond, as the access log shows durations.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // routeLabel records the matched route's template (never the raw path: labels must stay bounded).
 func routeLabel(next http.Handler) http.Handler {

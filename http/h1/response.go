@@ -36,6 +36,10 @@ type response struct {
 
 func (w *response) Header() http.Header { return w.header }
 
+// Cut reports whether the server's Close cut this answer's connection: a request cancelled since
+// was stopped by the server, not left by its client.
+func (w *response) Cut() bool { return w.c.cut.Load() }
+
 func (w *response) WriteHeader(code int) {
 	if w.wroteHeader {
 		return

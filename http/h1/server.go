@@ -135,14 +135,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Cut reports whether Close began: a request cancelled since was cut by the server, not left by its
-// client.
-func (s *Server) Cut() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cut
-}
-
 // closeWait bounds Close's wait for the handlers it cancelled to return.
 const closeWait = 5 * time.Second
 
