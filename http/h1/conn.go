@@ -67,6 +67,8 @@ type conn struct {
 	mu       sync.Mutex
 	state    connState
 	ctx      *requestContext // the running request's
+	leanCtx  *requestContext // the context of a request the Lean hook did not serve, for its http.Request
+	leanReq  LeanRequest     // what the Lean hook is offered
 	gone     bool            // the client hung up
 	served   bool            // it carried a request
 	accepted time.Time
@@ -102,6 +104,14 @@ func (c *conn) serve() {
 			return
 		}
 		wait = c.s.IdleTimeout
+		if c.s.Lean != nil && c.headAt.IsZero() {
+			if done, keep := c.lean(); done {
+				if !keep {
+					return
+				}
+				continue
+			}
+		}
 		req, b, err := c.readRequest()
 		if err != nil {
 			c.refuse(err)

@@ -23,6 +23,9 @@ type requestContext struct {
 	funcs []afterFunc   // registered, not yet run or stopped
 	first [2]afterFunc  // funcs' first backing array: a request registers one or two
 	ids   uint64
+	// handed is what a Lean hook handed over with the request (HandedOver); set before the
+	// request's handler runs, read by it only.
+	handed any
 }
 
 type afterFunc struct {

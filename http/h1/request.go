@@ -93,7 +93,7 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 		return nil, nil, badRequest("too many Host headers")
 	case len(hosts) == 0 && minor >= 1:
 		return nil, nil, badRequest("missing required Host header")
-	case len(hosts) == 1 && !validHost(hosts[0]):
+	case len(hosts) == 1 && !ValidHost(hosts[0]):
 		return nil, nil, badRequest("malformed Host header")
 	}
 	req.Host = u.Host
@@ -107,7 +107,12 @@ func (c *conn) readHead() (*http.Request, *body, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return req.WithContext(newRequestContext()), b, nil
+	ctx := c.leanCtx
+	if ctx == nil {
+		ctx = newRequestContext()
+	}
+	c.leanCtx = nil
+	return req.WithContext(ctx), b, nil
 }
 
 // readHeader reads a header with textproto, and refuses what textproto lets through but a front end
@@ -303,20 +308,20 @@ func wantsClose(minor int, conn []string) bool {
 	return minor == 0 && !keepAlive
 }
 
-func validMethod(m string) bool {
-	if m == "" {
+func validMethod(m string) bool { return ValidFieldName(m) }
+
+// ValidFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
+func ValidFieldName[T ~string | ~[]byte](k T) bool {
+	if len(k) == 0 {
 		return false
 	}
-	for i := 0; i < len(m); i++ {
-		if !isTokenByte(m[i]) {
+	for i := 0; i < len(k); i++ {
+		if !isTokenByte(k[i]) {
 			return false
 		}
 	}
 	return true
 }
-
-// ValidFieldName reports whether a header name is a token (RFC 9110 §5.1), as net/http requires.
-func ValidFieldName(k string) bool { return validMethod(k) }
 
 func isTokenByte(b byte) bool {
 	switch {
@@ -327,7 +332,7 @@ func isTokenByte(b byte) bool {
 }
 
 // ValidFieldValue reports whether a header value holds no control character but tab (RFC 9110 §5.5).
-func ValidFieldValue(v string) bool {
+func ValidFieldValue[T ~string | ~[]byte](v T) bool {
 	for i := 0; i < len(v); i++ {
 		if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
 			return false
@@ -336,8 +341,8 @@ func ValidFieldValue(v string) bool {
 	return true
 }
 
-// validHost refuses what cannot be part of a host[:port] (net/http's check, simplified).
-func validHost(h string) bool {
+// ValidHost refuses what cannot be part of a host[:port] (net/http's check, simplified).
+func ValidHost[T ~string | ~[]byte](h T) bool {
 	for i := 0; i < len(h); i++ {
 		b := h[i]
 		if b <= ' ' || b == 0x7f || b == '/' || b == '\\' || b == '"' || b == '<' || b == '>' {
@@ -439,7 +444,7 @@ func (c *conn) refuse(err error) {
 	}
 	text := strconv.Itoa(re.status) + " " + http.StatusText(re.status)
 	bw := c.writer()
-	bw.WriteString(statusLine(re.status))
+	bw.WriteString(StatusLine(re.status))
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
 	bw.WriteString(text + ": " + re.msg)
 	bw.Flush()

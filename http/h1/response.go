@@ -70,7 +70,7 @@ func (w *response) writeInterim(code int) {
 		w.body.needContinue = false
 	}
 	bw := w.c.writer()
-	bw.WriteString(statusLine(code))
+	bw.WriteString(StatusLine(code))
 	w.header.WriteSubset(bw, framingHeaders) // they are the final answer's
 	bw.WriteString("\r\n")
 	w.werr = bw.Flush()
@@ -197,7 +197,7 @@ func (w *response) commit() {
 	w.sniff(nil)
 	pending := w.pendingBytes()
 	bw := w.c.writer()
-	bw.WriteString(statusLine(w.status))
+	bw.WriteString(StatusLine(w.status))
 	h.Write(bw)
 	bw.WriteString("\r\n")
 	if len(pending) > 0 {
@@ -345,7 +345,8 @@ var statusLines = func() []string {
 	return lines
 }()
 
-func statusLine(code int) string {
+// StatusLine is an HTTP/1.1 answer's status line for code, CRLF included, as the server writes it.
+func StatusLine(code int) string {
 	if code < len(statusLines) && statusLines[code] != "" {
 		return statusLines[code]
 	}

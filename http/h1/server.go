@@ -3,7 +3,8 @@
 // but with one goroutine per connection and nothing else: no background read per request (a
 // client's hang-up is learned from one shared epoll set), no buffers held while a connection waits
 // on a replica, and no HTTP/2. Everything a handler sees (the *http.Request, the ResponseWriter and
-// its Flush) behaves as net/http's does.
+// its Flush) behaves as net/http's does. A Lean hook may serve a request whose head and body are
+// already in the connection's buffer from their bytes, before any of that is made (lean.go).
 package h1
 
 import (
@@ -31,6 +32,11 @@ type Server struct {
 	// elapsed runs from the head's first bytes to the answer; it is 0 for a head that arrived whole
 	// with them, which is refused within microseconds.
 	Refused func(remote string, status int, reason string, elapsed time.Duration)
+	// Lean, when set, is offered each request whose head arrived whole with its first bytes, before
+	// the request is read into an http.Request for Handler. It returns how many bytes of the buffer
+	// (head and body) it served the request from, its answer written to LeanRequest.Writer, or 0
+	// when it did not serve it: the request then goes to Handler as any other.
+	Lean func(r *LeanRequest) int
 
 	mu       sync.Mutex
 	ln       net.Listener
