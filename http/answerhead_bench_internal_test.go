@@ -20,7 +20,7 @@ func BenchmarkReadAnswerHead(b *testing.B) {
 			for b.Loop() {
 				sr.Reset(c.head)
 				br.Reset(sr)
-				resp, _, err := readAnswerHead(br, "POST")
+				resp, _, err := readAnswerHead(br, "POST", false)
 				if err != nil || resp.StatusCode != 200 {
 					b.Fatal(resp, err)
 				}

@@ -51,6 +51,7 @@ func readBoth(t *testing.T, answer string) (fast *http.Response, fastBody string
 	br := bufio.NewReaderSize(strings.NewReader(answer), 4096)
 	br.Peek(len(answer)) // the whole answer in the buffer, as after one read from the socket
 	if a := parseWholeHead(br); a != nil {
+		a.Header = wholeHeader(a.pooled.lines, a.values[:0])
 		fast = &a.Response
 		b, err := io.ReadAll(fast.Body)
 		fastBody, fastErr = string(b), err

@@ -137,7 +137,7 @@ func (s *Server) decodePhase(w http.ResponseWriter, r *http.Request, l messages.
 		decode.release(messages.Unused)
 		return messages.Unused, err
 	}
-	o, err := s.forwardLeased(w, r, decode.handOver(), b)
+	o, err := s.forwardLeased(w, r, decode.handOver(), b, nil)
 	if m != nil {
 		m.ended = o
 	}

@@ -179,12 +179,15 @@ type forwardResult struct {
 // replica could not be reached, the dial error: then nothing was sent to it and nothing written to
 // the client, who is the caller's to answer. An answer cut after it began cannot be ended cleanly:
 // forwardLeased breaks the client's connection (http.ErrAbortHandler).
-func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte) (messages.Outcome, error) {
+func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l messages.Lease, body []byte, handed *handover) (messages.Outcome, error) {
 	outcome, start := messages.Panic, time.Now()
+	if handed != nil {
+		start = handed.leased
+	}
 	defer func() { s.reg.Release(l, outcome, time.Since(start)) }()
 	t := track(w)
 	t.replica = l.URL
-	res := s.forward(w, r, l.URL, body)
+	res := s.forward(w, r, l.URL, body, handed)
 	outcome = res.outcome
 	t.setOutcome(outcome)
 	if res.abort {
@@ -194,24 +197,37 @@ func (s *Server) forwardLeased(w http.ResponseWriter, r *http.Request, l message
 }
 
 // forward sends body to target and passes the answer back: status, headers and body unchanged, an
-// event stream flushed as it arrives.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, body []byte) forwardResult {
+// event stream flushed as it arrives. With a handover, the lean path sent it already: forward goes
+// on from the exchange it gives.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, target string, body []byte, handed *handover) forwardResult {
 	t := track(w)
-	ctx, cancel := s.upstreamContext(r.Context())
-	defer cancel()
-	var set [5]header
-	hs := forwardedHeaders(set[:0], r, t.id)
-	if len(body) > 0 && len(r.Header["Content-Type"]) == 0 {
-		// Taken as JSON without one, as LMDeploy's proxy takes it; its api_server refuses a request
-		// to a JSON endpoint that names none.
-		hs = append(hs, header{"Content-Type", "application/json"})
+	var ctx context.Context
+	var cancel context.CancelFunc
+	var resp *http.Response
+	var err error
+	if handed != nil {
+		ctx, cancel, resp, err = handed.ctx, handed.cancel, handed.resp, handed.err
+	} else {
+		ctx, cancel = s.upstreamContext(r.Context())
+		var set [5]header
+		hs := forwardedHeaders(set[:0], r, t.id)
+		if len(body) > 0 && len(r.Header["Content-Type"]) == 0 {
+			// Taken as JSON without one, as LMDeploy's proxy takes it; its api_server refuses a
+			// request to a JSON endpoint that names none.
+			hs = append(hs, header{"Content-Type", "application/json"})
+		}
+		out := replicaRequest{method: r.Method, target: target, uri: r.URL.RequestURI(), client: r, set: hs, body: body}
+		resp, err = s.upstream.RoundTrip(ctx, &out)
 	}
-	out := replicaRequest{method: r.Method, target: target, uri: r.URL.RequestURI(), client: r, set: hs, body: body}
-	resp, err := s.upstream.RoundTrip(ctx, &out)
+	defer cancel()
 	if err != nil {
 		return s.failedExchange(w, r, ctx, err)
 	}
 	defer resp.Body.Close()
+	if handed != nil && handed.bodyErr != nil {
+		t.ttft = handed.ttft
+		return s.cutAnswer(w, r, ctx, target, handed.bodyErr)
+	}
 
 	events := isEventStream(resp.Header.Get("Content-Type"))
 	flush := events || resp.ContentLength == -1

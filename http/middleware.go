@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lmproxy/lmproxy/http/h1"
 	"github.com/lmproxy/lmproxy/messages"
 )
 
@@ -72,7 +73,12 @@ func track(w http.ResponseWriter) *tracked {
 // serveHTTP is the outer handler. It runs for every request, 404 and 405 included (gorilla/mux skips
 // Router.Use middleware for those): request ID, CORS, auth, panic recovery and the access log.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	t := &tracked{ResponseWriter: w, start: time.Now(), id: requestID(r)}
+	t := &tracked{ResponseWriter: w, start: time.Now()}
+	if h, ok := h1.HandedOver(r.Context()).(*handover); ok {
+		t.id, t.start = h.id, h.start // the lean path's request, answered here: see lean.go
+	} else {
+		t.id = requestIDOf(r.Header.Get("X-Request-Id"))
+	}
 	w.Header().Set("X-Request-Id", t.id)
 	defer s.finishRequest(t, r)
 
@@ -129,11 +135,11 @@ func (s *Server) finishRequest(t *tracked, r *http.Request) {
 			defer panic(http.ErrAbortHandler) // the answer began: break the connection, not a clean end
 		}
 	}
-	s.accessLog(t, r)
+	s.accessLog(t, r.Method, r.URL.Path)
 }
 
 // accessLog writes one line per request and records it in the metrics.
-func (s *Server) accessLog(t *tracked, r *http.Request) {
+func (s *Server) accessLog(t *tracked, method, path string) {
 	if t.decided && t.outcome == messages.ClientGone && cutByServer(t.ResponseWriter) {
 		// Close cancelled it: the client did not leave, the proxy stopped.
 		t.outcome = messages.Shutdown
@@ -158,8 +164,8 @@ func (s *Server) accessLog(t *tracked, r *http.Request) {
 	}
 	f := logrus.Fields{
 		"request_id":  t.id,
-		"method":      r.Method,
-		"path":        r.URL.Path,
+		"method":      method,
+		"path":        path,
 		"status":      status,
 		"duration_ms": millis(elapsed),
 		"bytes":       t.written,
@@ -222,10 +228,10 @@ func routeLabel(next http.Handler) http.Handler {
 	})
 }
 
-// requestID keeps a sane client-given X-Request-Id or makes one: a random per-process prefix and a
-// counter, unique without a call to the system's random source per request.
-func requestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && printable(id) {
+// requestIDOf keeps a sane client-given X-Request-Id or makes one: a random per-process prefix and
+// a counter, unique without a call to the system's random source per request.
+func requestIDOf(id string) string {
+	if id != "" && len(id) <= 128 && printable(id) {
 		return id
 	}
 	var b [32]byte
@@ -267,18 +273,27 @@ func (s *Server) authorize(r *http.Request) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	got, ok := bearerToken(r.Header.Get("Authorization"))
-	if !ok {
+	auth := r.Header.Get("Authorization")
+	if _, ok := bearerToken(auth); !ok {
 		return errorf(http.StatusUnauthorized, "missing API key: send Authorization: Bearer <key>")
+	}
+	if !validKey(keys, auth) {
+		return errorf(http.StatusUnauthorized, "invalid API key")
+	}
+	return nil
+}
+
+// validKey reports whether an Authorization header carries one of keys, in constant time.
+func validKey(keys [][]byte, auth string) bool {
+	got, ok := bearerToken(auth)
+	if !ok {
+		return false
 	}
 	match := 0
 	for _, k := range keys {
 		match |= subtle.ConstantTimeCompare([]byte(got), k)
 	}
-	if match == 0 {
-		return errorf(http.StatusUnauthorized, "invalid API key")
-	}
-	return nil
+	return match == 1
 }
 
 // allowedHeaders answers a preflight's Access-Control-Request-Headers: every header a browser asks

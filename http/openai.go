@@ -8,6 +8,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/lmproxy/lmproxy/http/h1"
 	"github.com/lmproxy/lmproxy/messages"
 )
 
@@ -110,10 +111,19 @@ func (s *Server) handleInference(w http.ResponseWriter, r *http.Request) {
 
 // serveHybrid forwards the request to one replica, or to another when that one cannot be reached.
 func (s *Server) serveHybrid(w http.ResponseWriter, r *http.Request, body []byte, f requestFields) {
-	l, err := s.acquire(w, r, f.model, messages.Hybrid, "")
+	var l messages.Lease
+	var err error
+	handed, _ := h1.HandedOver(r.Context()).(*handover)
+	if handed != nil {
+		l = handed.lease // the lean path's lease and exchange: see lean.go
+		track(w).model = f.model
+	} else {
+		l, err = s.acquire(w, r, f.model, messages.Hybrid, "")
+	}
 	if err == nil {
 		err = s.retryUnreachable(w, r, f.model, messages.Hybrid, l, func(l messages.Lease) (messages.Outcome, error) {
-			o, err := s.forwardLeased(w, r, l, body)
+			o, err := s.forwardLeased(w, r, l, body, handed)
+			handed = nil // a retry is an exchange of its own
 			if err != nil {
 				err = errorf(http.StatusBadGateway, "cannot reach replica "+l.URL+": "+err.Error())
 			}

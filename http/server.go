@@ -167,6 +167,9 @@ func (s *Server) Open(addr string) error {
 		ErrorLog:          newStdLogger(s.log),
 		Refused:           s.refused,
 	}
+	if s.ds == nil {
+		s.srv.Lean = s.serveLean
+	}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, h1.ErrServerClosed) {
 			s.log.WithError(err).Error("server stopped")

@@ -135,9 +135,13 @@ type replicaRequest struct {
 	target string        // the replica's URL as registered: scheme://host[:port][/path]
 	uri    string        // the client's path and query
 	client *http.Request // whose headers go out; nil for none
-	set    []header      // the proxy's headers, written after the client's and replacing any of the same name
-	drop   string        // one more of the client's headers not to forward; "" for none
-	body   []byte
+	// A lean request's (lean.go) client headers that go out are lines, as they came, and its
+	// answer's Header is left nil when the head is a plain one (readAnswerHead).
+	lean  bool
+	lines []byte
+	set   []header // the proxy's headers, written after the client's and replacing any of the same name
+	drop  string   // one more of the client's headers not to forward; "" for none
+	body  []byte
 }
 
 // header is one header line the proxy writes itself.
@@ -224,11 +228,11 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, dst target, req *rep
 			return fail(err)
 		}
 	}
-	resp, pb, err := readAnswerHead(c.reader(), req.method)
+	resp, pb, err := readAnswerHead(c.reader(), req.method, req.lean)
 	if err != nil {
 		return fail(err)
 	}
-	*pb = pooledBody{body: resp.Body, c: c, u: u, ctx: ctx, stop: stop, keep: !resp.Close}
+	*pb = pooledBody{body: resp.Body, c: c, u: u, ctx: ctx, stop: stop, keep: !resp.Close, lines: pb.lines}
 	resp.Body = pb
 	return resp, nil
 }
@@ -277,6 +281,7 @@ func writeRequest(bw *bufio.Writer, dst target, req *replicaRequest) {
 			}
 		}
 	}
+	bw.Write(req.lines)
 	for _, h := range req.set {
 		writeHeader(bw, h.key, h.value)
 	}
@@ -573,6 +578,9 @@ type pooledBody struct {
 	stop func() bool
 	keep bool // the answer allows the connection to be reused
 	done bool
+	// lines are the answer's header lines as they came, each with its CRLF, when its head was
+	// parsed in place (readAnswerHead); "" otherwise.
+	lines string
 }
 
 func (b *pooledBody) Read(p []byte) (int, error) {

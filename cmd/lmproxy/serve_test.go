@@ -127,16 +127,29 @@ func TestServeConfigsMapTheFlags(t *testing.T) {
 	require.Equal(t, &lmhttp.DistServeConfig{MigrationProtocol: "TCP", LinkType: "IB", DummyPrefill: true, DisableGDR: true}, hc.DistServe)
 }
 
+// Over TLS the proxy answers, and its replicas are told that their clients' requests came by https.
 func TestServeTLS(t *testing.T) {
 	cert, key, pool := writeSelfSigned(t)
-	_, base := startServe(t, "--tls-cert", cert, "--tls-key", key)
+	r := proxytest.StartReplica(t, proxytest.ReplicaConfig{})
+	_, base := startServe(t, "--tls-cert", cert, "--tls-key", key, "--nodes", r.URL)
 	require.True(t, strings.HasPrefix(base, "https://"), base)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get(base + "/health")
+	c := &http.Client{Transport: tr}
+	resp, err := c.Get(base + "/health")
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Eventually(t, func() bool {
+		resp, err := c.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"sim-model"}`))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond, "no answer from the replica through the proxy")
+	got := r.Requests("/v1/chat/completions")
+	require.Equal(t, "https", got[len(got)-1].Header.Get("X-Forwarded-Proto"))
 }
 
 // writeSelfSigned writes a certificate for 127.0.0.1 and its key as PEM files, and returns their
