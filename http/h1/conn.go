@@ -62,6 +62,7 @@ type conn struct {
 	linger bool // the client may still be sending what the server did not read: see lingerClose
 
 	headDeadline bool      // the read deadline is ReadHeaderTimeout's, for a head that had not all arrived
+	waitDeadline bool      // the read deadline is still the wait's (IdleTimeout's or ReadHeaderTimeout's)
 	headAt       time.Time // when a head that had not all arrived with its first bytes began; zero if it had
 
 	mu       sync.Mutex
@@ -111,6 +112,10 @@ func (c *conn) serve() {
 				}
 				continue
 			}
+		}
+		if c.waitDeadline {
+			c.setReadDeadline(time.Time{})
+			c.waitDeadline = false
 		}
 		req, b, err := c.readRequest()
 		if err != nil {
@@ -180,9 +185,11 @@ func (c *conn) waitForRequest(d time.Duration) bool {
 	switch {
 	case h > 0 && !c.headAt.IsZero():
 		c.setReadDeadline(c.headAt.Add(h))
-		c.headDeadline = true
+		c.headDeadline, c.waitDeadline = true, false
 	case d > 0:
-		c.setReadDeadline(time.Time{})
+		// The wait's deadline stands until a request is read (serve clears it): a request the
+		// Lean hook serves from the buffer reads nothing, and saves the timer update.
+		c.waitDeadline = true
 	}
 	return true
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lmproxy/lmproxy/http/h1"
 )
@@ -147,5 +148,46 @@ func TestLeanHookContextEndsWhenTheClientHangsUp(t *testing.T) {
 	waitFor(t, hook.cancelled, "the hook's context to end")
 	if err := waitFor(t, seen, "the handler"); err != context.Canceled {
 		t.Fatalf("the handler's context: %v, want context.Canceled", err)
+	}
+}
+
+// After a request the hook served, the server's timeouts hold as after any other: a next head
+// that trickles in is cut after ReadHeaderTimeout, and a next request the hook declines may send
+// its body later than the wait's deadline (IdleTimeout's), which no longer applies to it.
+func TestLeanHookKeepsTheTimeouts(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	hook := newLeanHook()
+	ts := startH1(t, &h1.Server{Handler: handedHandler, Lean: hook.serve, ReadHeaderTimeout: timeout, IdleTimeout: timeout})
+	serveLean := func(c *rawConn) {
+		t.Helper()
+		c.write("POST /lean HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\na")
+		if _, body := c.mustRead(http.MethodPost); body != "lean:a" {
+			t.Fatalf("lean answer %q", body)
+		}
+	}
+
+	c := dialRaw(t, ts.addr)
+	serveLean(c)
+	c.write("POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n")
+	if !dialRaw(t, ts.addr).waitClosed(waitLimit) { // the clock: a timeout has passed when it is cut
+		t.Fatal("a silent connection was not cut")
+	}
+	c.write("xy")
+	if _, body := c.mustRead(http.MethodPost); body != "/other xy " {
+		t.Fatalf("a body after the wait's deadline: %q", body)
+	}
+
+	c = dialRaw(t, ts.addr)
+	serveLean(c)
+	c.write("GET /trickle HTTP/1.1\r\n")
+	start := time.Now()
+	for !c.waitClosed(timeout / 10) {
+		if time.Since(start) > waitLimit {
+			t.Fatal("a trickling head after a lean request was not cut")
+		}
+		c.write("X-Slow: yes\r\n")
+	}
+	if elapsed := time.Since(start); elapsed > 2*timeout+time.Second {
+		t.Errorf("cut after %v, want about %v", elapsed, timeout)
 	}
 }
