@@ -207,13 +207,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 		c.headDeadline = false
 	}
 	ctx := req.Context().(*requestContext) // readHead's
-	c.mu.Lock()
-	c.ctx = ctx
-	gone := c.gone
-	c.mu.Unlock()
-	if gone {
-		ctx.cancel()
-	}
+	c.running(ctx)
 	reqHeader := req.Header // the map readHead made, whatever the handler puts in req
 	w := &response{c: c, req: req, body: b, header: c.takeHeader(), clen: -1}
 	b.w = w
@@ -224,7 +218,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 
 	c.mu.Lock()
 	c.ctx = nil
-	gone = c.gone
+	gone := c.gone
 	c.mu.Unlock()
 	aborted := c.cut.Load()
 	ctx.cancel()
@@ -291,6 +285,18 @@ func (c *conn) serveHandler(w *response, req *http.Request) (ok bool) {
 	}()
 	c.s.Handler.ServeHTTP(w, req)
 	return true
+}
+
+// running makes ctx the running request's: a hang-up or Close cancels it from now on, and at once
+// when the client hung up already.
+func (c *conn) running(ctx *requestContext) {
+	c.mu.Lock()
+	c.ctx = ctx
+	gone := c.gone
+	c.mu.Unlock()
+	if gone {
+		ctx.cancel()
+	}
 }
 
 // hangUp cancels the running request, if any: the client closed or reset the connection. The

@@ -65,13 +65,7 @@ func (c *conn) lean() (done, keep bool) {
 		return false, false
 	}
 	ctx := newRequestContext()
-	c.mu.Lock()
-	c.ctx = ctx
-	gone := c.gone
-	c.mu.Unlock()
-	if gone {
-		ctx.cancel()
-	}
+	c.running(ctx)
 	r := &c.leanReq // the connection's: a request of its own would be an allocation each time
 	*r = LeanRequest{Head: head, Rest: rest, c: c, ctx: ctx}
 	n, ok := c.runLean(r)
@@ -79,7 +73,7 @@ func (c *conn) lean() (done, keep bool) {
 	*r = LeanRequest{} // nothing of the buffer is kept
 	c.mu.Lock()
 	c.ctx = nil
-	gone = c.gone
+	gone := c.gone
 	c.mu.Unlock()
 	if !ok {
 		ctx.cancel()
