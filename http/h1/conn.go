@@ -216,10 +216,7 @@ func (c *conn) handle(req *http.Request, b *body) (keep bool) {
 	}
 	ok := c.serveHandler(w, req)
 
-	c.mu.Lock()
-	c.ctx = nil
-	gone := c.gone
-	c.mu.Unlock()
+	gone := c.stopped()
 	aborted := c.cut.Load()
 	ctx.cancel()
 	if !ok || aborted {
@@ -297,6 +294,16 @@ func (c *conn) running(ctx *requestContext) {
 	if gone {
 		ctx.cancel()
 	}
+}
+
+// stopped ends running's: a hang-up no longer reaches the request. It reports whether the client
+// hung up while the request ran.
+func (c *conn) stopped() (gone bool) {
+	c.mu.Lock()
+	c.ctx = nil
+	gone = c.gone
+	c.mu.Unlock()
+	return gone
 }
 
 // hangUp cancels the running request, if any: the client closed or reset the connection. The

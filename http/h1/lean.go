@@ -71,10 +71,7 @@ func (c *conn) lean() (done, keep bool) {
 	n, ok := c.runLean(r)
 	handed := r.handed
 	*r = LeanRequest{} // nothing of the buffer is kept
-	c.mu.Lock()
-	c.ctx = nil
-	gone := c.gone
-	c.mu.Unlock()
+	gone := c.stopped()
 	if !ok {
 		ctx.cancel()
 		return true, false
