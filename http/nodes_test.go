@@ -254,6 +254,7 @@ func TestModelsListsEachModelOnce(t *testing.T) {
 			require.Contains(t, d, k)
 		}
 		require.Equal(t, "model", d["object"])
+		require.Equal(t, "lmdeploy", d["owned_by"], "as LMDeploy's proxy answers")
 	}
 }
 

@@ -86,9 +86,10 @@ func (s *Server) routableModels(ctx context.Context) ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-// model is the list entry of the model id.
+// model is the list entry of the model id. owned_by is "lmdeploy", as LMDeploy's own proxy and
+// api_server answer, so that a client moved from that proxy to this one reads the same list.
 func (s *Server) model(id string) model {
-	return model{ID: id, Object: "model", Created: s.started.Unix(), OwnedBy: "lmproxy", Root: id, Permission: []string{}}
+	return model{ID: id, Object: "model", Created: s.started.Unix(), OwnedBy: "lmdeploy", Root: id, Permission: []string{}}
 }
 
 // handleInference answers POST /v1/chat/completions, /v1/completions and any other POST /v1/<path>
