@@ -296,7 +296,7 @@ func (c *conn) running(ctx *requestContext) {
 	}
 }
 
-// stopped ends running's: a hang-up no longer reaches the request. It reports whether the client
+// stopped undoes running: a hang-up no longer reaches the request. It reports whether the client
 // hung up while the request ran.
 func (c *conn) stopped() (gone bool) {
 	c.mu.Lock()
