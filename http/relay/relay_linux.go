@@ -23,29 +23,43 @@ const maxHeld = 16 << 10
 // maxEvents is the most events one epoll_wait returns to a loop.
 const maxEvents = 256
 
-// Relay is a set of event loops; streams are spread over them in turn.
+// Relay is a set of event loops. A stream starts on the first-bytes loop, which waits for the
+// replica's first bytes (the client's time to first token) and passes them on; the stream then
+// moves to one of the other loops, taken in turn, for the rest of its body. The first-bytes loop
+// handles one event per stream, so a first token never waits behind a batch of other streams'
+// chunks: on 2 cores it took about a millisecond off the first token's wait at 256 streams,
+// for no more CPU (a second loop sharing all the chunks took as much off for 8% more CPU;
+// docs/performance.md, sixteenth round).
 type Relay struct {
 	loops []*loop
+	first *loop
 	next  atomic.Uint32
 }
 
-// New starts n event loops; it returns nil when the system cannot provide them (then callers copy
-// bodies themselves).
+// New starts n event loops and the first-bytes loop; it returns nil when the system cannot provide
+// them (then callers copy bodies themselves).
 func New(n int) *Relay {
 	r := &Relay{}
-	for i := 0; i < max(n, 1); i++ {
+	for i := 0; i <= max(n, 1); i++ {
 		l, err := openLoop()
 		if err != nil {
 			r.Close()
 			return nil
 		}
-		r.loops = append(r.loops, l)
+		if r.first == nil {
+			r.first = l
+		} else {
+			r.loops = append(r.loops, l)
+		}
 	}
 	return r
 }
 
 // Close stops the loops; the streams still running end as cancelled.
 func (r *Relay) Close() {
+	if r.first != nil {
+		r.first.close()
+	}
 	for _, l := range r.loops {
 		l.close()
 	}
@@ -75,6 +89,9 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool)
 		}
 	}
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
+	if s.res.FirstByte.IsZero() {
+		l, s.then = r.first, l
+	}
 	if !l.add(s) {
 		if s.res.Written > 0 {
 			s.res.Cancelled = true
@@ -85,15 +102,13 @@ func (r *Relay) Run(ctx context.Context, up, client int, head []byte, hold bool)
 	select {
 	case <-s.done:
 	case <-ctx.Done():
-		l.cancel(s)
+		s.cancel()
 		<-s.done
 	}
 	return s.result(), true
 }
 
-// stream is one relayed body. Between add and done it is touched under its own lock only, except
-// res.FirstByte: once added, only the loop's goroutine writes it, so that goroutine reads it
-// without the lock (dispatch orders a batch by it).
+// stream is one relayed body. Between add and done it is touched under its own lock only.
 type stream struct {
 	mu      sync.Mutex
 	id      int32
@@ -112,6 +127,8 @@ type stream struct {
 	// replica).
 	clientWatched bool
 	done          chan struct{}
+	l             *loop // the loop the stream is in
+	then          *loop // where it moves after its first bytes; nil once it has
 }
 
 func (s *stream) result() Result {
@@ -199,15 +216,8 @@ type loop struct {
 
 	// Touched by the loop's goroutine only.
 	buf       []byte
-	maybeMore bool      // a socket may have more to read with no new event to say so
-	later     []pending // a batch's events that wait for its streams' first bytes
+	maybeMore bool // a socket may have more to read with no new event to say so
 	exited    chan struct{}
-}
-
-// pending is an event whose handling waits until the batch's first bytes are out.
-type pending struct {
-	s  *stream
-	ev syscall.EpollEvent
 }
 
 // A stream's two sockets are told apart in epoll's data by the low bit.
@@ -234,7 +244,7 @@ func newLoop() (*loop, error) {
 		syscall.Close(epfd)
 		return nil, err
 	}
-	l := &loop{epfd: epfd, streams: map[int32]*stream{}, buf: make([]byte, loopBufferSize), later: make([]pending, 0, maxEvents), exited: make(chan struct{})}
+	l := &loop{epfd: epfd, streams: map[int32]*stream{}, buf: make([]byte, loopBufferSize), exited: make(chan struct{})}
 	if err := syscall.Pipe2(l.wake[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
 		syscall.Close(epfd)
 		return nil, err
@@ -282,6 +292,7 @@ func (l *loop) insert(s *stream) bool {
 		}
 	}
 	s.id = l.nextID
+	s.l = l
 	l.streams[s.id] = s
 	return true
 }
@@ -294,12 +305,12 @@ func (l *loop) lookup(id int32) *stream {
 }
 
 // cancel ends s now, unless it ended already.
-func (l *loop) cancel(s *stream) {
+func (s *stream) cancel() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.finished {
 		s.res.Cancelled = true
-		l.finish(s)
+		s.l.finish(s)
 	}
 }
 
@@ -359,29 +370,16 @@ func (l *loop) run() {
 	}
 }
 
-// dispatch handles one batch of events; it reports false when the loop must stop. A stream's
-// first bytes from its replica go out before the batch's other events: they are the client's time
-// to first token, while taking one event out of turn delays each other stream by that event only.
+// dispatch handles one batch of events; it reports false when the loop must stop.
 func (l *loop) dispatch(events []syscall.EpollEvent) bool {
-	later := l.later[:0]
 	for _, ev := range events {
 		if ev.Fd == -1 {
 			return false // only Close writes to the pipe
 		}
-		s := l.lookup(ev.Fd >> 1)
-		switch {
-		case s == nil:
-		case ev.Fd&1 == 0 && s.res.FirstByte.IsZero():
+		if s := l.lookup(ev.Fd >> 1); s != nil {
 			l.handle(s, ev)
-		default:
-			later = append(later, pending{s, ev})
 		}
 	}
-	for _, p := range later {
-		l.handle(p.s, p.ev)
-	}
-	clear(later) // the streams may finish before the next batch
-	l.later = later[:0]
 	return true
 }
 
@@ -472,6 +470,10 @@ func (l *loop) upReady(s *stream, events uint32) {
 	} else if s.f.Done() {
 		s.res.Reusable = true
 	}
+	if s.then != nil && !(s.f.Done() && len(s.backlog) == 0) {
+		l.move(s)
+		return
+	}
 	if len(s.backlog) > 0 {
 		l.waitForClient(s)
 		return
@@ -480,6 +482,28 @@ func (l *loop) upReady(s *stream, events uint32) {
 		s.res.Ended = true
 		l.finish(s)
 	}
+}
+
+// move takes s, whose first bytes went out, from l to the loop it relays the rest on; the stream's
+// lock is held. Its sockets are registered there afresh, for what the stream waits for now.
+func (l *loop) move(s *stream) {
+	to := s.then
+	s.then = nil
+	netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.up, nil)
+	if s.clientWatched {
+		netio.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.client, nil)
+		s.clientWatched = false
+	}
+	l.mu.Lock()
+	delete(l.streams, s.id)
+	l.mu.Unlock()
+	s.id = 0
+	if !to.insert(s) {
+		s.res.Cancelled = true // the relay is closing
+		l.finish(s)
+		return
+	}
+	to.start(s)
 }
 
 // waitForClient stops reading from the replica until the client took the backlog: a slow client
@@ -548,6 +572,6 @@ func (l *loop) stopAll() {
 	}
 	l.mu.Unlock()
 	for _, s := range streams {
-		l.cancel(s)
+		s.cancel()
 	}
 }

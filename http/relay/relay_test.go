@@ -293,6 +293,18 @@ func TestRelayEndsWhenTheContextEnds(t *testing.T) {
 	require.Equal(t, relay.EventEnd, res.Line)
 }
 
+// A stream still waiting for its first bytes ends when its context does.
+func TestRelayEndsAStreamBeforeItsFirstBytes(t *testing.T) {
+	r := newRelay(t)
+	up, client := newPair(t), newPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := run(ctx, r, up, client, nil)
+	cancel()
+	res := result(t, ch)
+	require.True(t, res.Cancelled)
+	require.Zero(t, res.Written)
+}
+
 // A client that hung up is noticed at the next write.
 func TestRelayNoticesAClientThatLeft(t *testing.T) {
 	r := newRelay(t)
