@@ -46,12 +46,9 @@ func New(n int) *Relay {
 			r.Close()
 			return nil
 		}
-		if r.first == nil {
-			r.first = l
-		} else {
-			r.loops = append(r.loops, l)
-		}
+		r.loops = append(r.loops, l)
 	}
+	r.first, r.loops = r.loops[0], r.loops[1:]
 	return r
 }
 
@@ -470,17 +467,14 @@ func (l *loop) upReady(s *stream, events uint32) {
 	} else if s.f.Done() {
 		s.res.Reusable = true
 	}
-	if s.then != nil && !(s.f.Done() && len(s.backlog) == 0) {
-		l.move(s)
-		return
-	}
-	if len(s.backlog) > 0 {
-		l.waitForClient(s)
-		return
-	}
-	if s.f.Done() {
+	switch {
+	case s.f.Done() && len(s.backlog) == 0:
 		s.res.Ended = true
 		l.finish(s)
+	case s.then != nil:
+		l.move(s) // the relay loop takes the backlog too, if there is one
+	case len(s.backlog) > 0:
+		l.waitForClient(s)
 	}
 }
 
